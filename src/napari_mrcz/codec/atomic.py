@@ -1,0 +1,52 @@
+"""Atomic file replacement: write a temporary file beside the target, then rename.
+
+A failure or an interrupt (``KeyboardInterrupt`` included) before the rename
+removes the temporary file and leaves any existing file untouched. Readers that
+hold the old file open (a lazily loaded napari layer) keep reading the old data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+
+def _new_file_mode(target: str) -> int:
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a temporary file for writing that replaces ``path`` on success.
+
+    Parameters
+    ----------
+    path
+        The file to create or replace.
+
+    Yields
+    ------
+    BinaryIO
+        The temporary file, open for ``'wb+'``.
+
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    try:
+        os.fchmod(fd, _new_file_mode(target))
+        with os.fdopen(fd, "wb+", buffering=0) as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,199 @@
+"""One blosc chunk per z-section: the chunk header, and compressing into / out of it.
+
+A chunk starts with a 16-byte header (little-endian, the same fields in
+c-blosc1's version-2 and c-blosc2's version-5 formats)::
+
+    byte 0 version | 1 versionlz | 2 flags | 3 typesize
+    4-7 nbytes (uncompressed) | 8-11 blocksize | 12-15 cbytes (whole chunk)
+
+Version-2 chunks go through python-blosc (a required dependency), version-5
+chunks through python-blosc2 (the optional ``blosc2`` extra), imported only
+when a file needs it. c-blosc1 keeps its thread count and block size in global
+state, so every call that sets and uses them holds ``_BLOSC_LOCK``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import blosc
+import numpy as np
+
+from .header import REVERSE_COMPRESSOR_ENUM
+
+BLOSC_PRESENT = True
+BLOSC2_PRESENT = importlib.util.find_spec("blosc2") is not None
+CAN_COMPRESS = BLOSC_PRESENT or BLOSC2_PRESENT
+
+CHUNK_HEADER_BYTES = 16
+#: Largest chunk c-blosc1 can hold; a z-section beyond this cannot be compressed.
+MAX_CHUNK_NBYTES = blosc.MAX_BUFFERSIZE
+#: Chunk format version byte -> backend that reads it.
+BACKEND_BY_VERSION = {2: "blosc1", 5: "blosc2"}
+#: Compressors offered to users; blosc2-only ones need ``backend='blosc2'``.
+BLOSC1_CODECS = frozenset(blosc.compressor_list())
+
+blosc.set_releasegil(True)
+DEFAULT_N_THREADS = blosc.detect_number_of_cores()
+_BLOSC_LOCK = threading.Lock()
+_blosc2: Any = None
+
+
+def _get_blosc2() -> Any:
+    global _blosc2
+    if _blosc2 is None:
+        if not BLOSC2_PRESENT:
+            raise ImportError(
+                "this needs python-blosc2, which is not installed: "
+                "pip install 'napari-mrcz[blosc2]'")
+        import blosc2
+
+        blosc2.set_releasegil(True)
+        _blosc2 = blosc2
+    return _blosc2
+
+
+def set_default_threads(n_threads: int) -> None:
+    """Set the thread count used when ``n_threads`` is not given."""
+    global DEFAULT_N_THREADS
+    DEFAULT_N_THREADS = max(1, int(n_threads))
+
+
+def threads(n_threads: int | None) -> int:
+    """The thread count to use for one call."""
+    return DEFAULT_N_THREADS if n_threads is None else max(1, int(n_threads))
+
+
+def parse_chunk_header(head: bytes) -> tuple[int, int, int, int, int, int, int]:
+    """(version, versionlz, flags, typesize, nbytes, blocksize, cbytes) of a chunk."""
+    return struct.unpack("<BBBBIII", head[:CHUNK_HEADER_BYTES])
+
+
+def resolve_backend(compressor: str | None, backend: str | None) -> str | None:
+    """Pick the library that writes ``compressor``: blosc1 unless asked otherwise.
+
+    Raises
+    ------
+    ValueError
+        Unknown compressor, or a combination that cannot be written.
+
+    """
+    if compressor is None:
+        return None
+    if backend not in (None, "blosc1", "blosc2"):
+        raise ValueError(f"backend must be None, 'blosc1' or 'blosc2', got {backend!r}")
+    if compressor not in REVERSE_COMPRESSOR_ENUM or compressor is None:
+        known = sorted(n for n in REVERSE_COMPRESSOR_ENUM if n)
+        raise ValueError(f"unknown compressor {compressor!r}, expected one of {known}")
+    if backend == "blosc2":
+        _get_blosc2()
+        return "blosc2"
+    if compressor in BLOSC1_CODECS:
+        return "blosc1"
+    if backend == "blosc1":
+        raise ValueError(
+            f"{compressor!r} is not available in c-blosc1 ({sorted(BLOSC1_CODECS)}); "
+            "use backend='blosc2'")
+    _get_blosc2()
+    return "blosc2"
+
+
+class Compressor:
+    """Compresses the z-sections of one file, each into one chunk, several at once.
+
+    python-blosc with ``set_releasegil(True)`` compresses through c-blosc1's
+    context API, so worker threads may each compress a whole z-section (one
+    blosc thread apiece) at the same time. That beats one section at a time
+    with blosc's own threads, which c-blosc1 creates anew for every call.
+
+    Parameters
+    ----------
+    cname
+        blosc codec name.
+    clevel
+        0 to 9 (1 is fastest).
+    typesize
+        Bytes per sample, for the bit-shuffle filter.
+    section_nbytes
+        Bytes of one z-section.
+    backend
+        ``'blosc1'`` (version-2 chunks, readable everywhere) or ``'blosc2'``.
+    n_threads
+        How many sections are compressed at once.
+
+    """
+
+    def __init__(self, cname: str, clevel: int, typesize: int, section_nbytes: int,
+                 backend: str, n_threads: int) -> None:
+        if not 0 <= int(clevel) <= 9:
+            raise ValueError(f"clevel must be between 0 and 9, got {clevel}")
+        if section_nbytes > MAX_CHUNK_NBYTES:
+            raise ValueError(
+                f"one z-section is {section_nbytes} bytes; blosc chunks hold at most "
+                f"{MAX_CHUNK_NBYTES}")
+        self.cname, self.clevel, self.typesize = cname, int(clevel), typesize
+        self.backend, self.n_threads = backend, n_threads
+        # zstd and zlib gain speed and ratio from long blocks, the LZ77 codecs
+        # peak near 128 KiB (benchmarks/bench_codec.py; python-mrcz uses 64
+        # KiB). Readers need no setting.
+        preferred = 1 << 19 if cname in ("zstd", "zlib") else 1 << 17
+        self.blocksize = int(max(1 << 12, min(preferred, section_nbytes)))
+        self.blocksize -= self.blocksize % typesize
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Compressor]:
+        """Hold c-blosc1's global thread count and block size for this file's chunks."""
+        if self.backend == "blosc2":
+            yield self
+            return
+        with _BLOSC_LOCK:
+            nthreads = blosc.set_nthreads(1)
+            blosc.set_blocksize(self.blocksize)
+            try:
+                yield self
+            finally:
+                blosc.set_blocksize(0)
+                blosc.set_nthreads(nthreads)
+
+    def __call__(self, section: np.ndarray) -> bytes:
+        """Compress one C-contiguous z-section into one chunk (inside :meth:`session`)."""
+        if self.backend == "blosc2":
+            b2 = _get_blosc2()
+            codec = getattr(b2.Codec, self.cname.upper())
+            try:
+                return b2.compress2(section, codec=codec, clevel=self.clevel,
+                                    filter=b2.Filter.BITSHUFFLE, typesize=self.typesize,
+                                    blocksize=self.blocksize, nthreads=1)
+            except RuntimeError as exc:
+                raise RuntimeError(f"blosc2 could not compress with {self.cname!r}: {exc}") from exc
+        return blosc.compress_ptr(section.ctypes.data, section.size, self.typesize,
+                                  clevel=self.clevel, shuffle=blosc.BITSHUFFLE, cname=self.cname)
+
+
+def decompress_into(chunk: Any, out: np.ndarray, version: int, n_threads: int) -> None:
+    """Decompress one chunk into the C-contiguous array ``out`` (exactly its size).
+
+    python-blosc2, where installed, decodes both chunk formats and is the
+    faster of the two; python-blosc decodes version-2 chunks otherwise.
+
+    Raises
+    ------
+    RuntimeError
+        blosc rejected the chunk (the caller adds the file name).
+
+    """
+    if BLOSC2_PRESENT:
+        b2 = _get_blosc2()
+        b2.set_nthreads(n_threads)
+        b2.decompress(chunk, dst=out.reshape(-1).view(np.uint8))
+        return
+    if version != 2:
+        _get_blosc2()  # raises the ImportError that says what to install
+    with _BLOSC_LOCK:
+        blosc.set_nthreads(n_threads)
+        blosc.decompress_ptr(chunk, out.ctypes.data)

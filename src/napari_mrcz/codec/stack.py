@@ -1,0 +1,334 @@
+"""Random access to the z-sections of one MRC or MRCZ file.
+
+:class:`MRCStack` opens a file, reads its header and serves any range of
+z-sections: by positioned reads straight into the caller's array for plain
+MRC, and by decompressing only the chunks asked for in MRCZ. The chunk index
+is built lazily, 16 bytes per chunk, so frames a..b of a 40 GB MRCZ cost a
+walk over chunk headers and those frames' chunks only. Positioned reads
+(``os.pread``) keep one open stack safe to use from several threads.
+
+``.gz`` and ``.bz2`` files are decompressed into memory when opened.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import mmap
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import blosc_chunks
+from .errors import MRCFileError, TruncatedFileError
+from .header import HEADER_BYTES, MODE_COMPLEX_INT16, MODE_UINT4, MRCHeader, parse_header
+
+_READ_PIECE = 1 << 24
+
+
+class _FileSource:
+    """Positioned reads from a file on disk, and zero-copy views of its chunks.
+
+    Chunks are decompressed straight from a read-only memory map; the pages
+    are dropped from this process right after (``MADV_DONTNEED``), so a full
+    read costs no more resident memory than the decoded array. The file size
+    is checked before each view, so a file truncated under us gives a clean
+    error instead of SIGBUS.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self.size = os.fstat(self.fd).st_size
+        self._map: mmap.mmap | None = None
+
+    def pread(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; returns the bytes read (short at EOF)."""
+        done, total = 0, len(buf)
+        while done < total:
+            got = os.preadv(self.fd, [buf[done:]], offset + done)
+            if got <= 0:
+                break
+            done += got
+        return done
+
+    @contextlib.contextmanager
+    def view(self, offset: int, n: int) -> Iterator[memoryview]:
+        """A zero-copy view of bytes ``offset:offset + n``."""
+        if os.fstat(self.fd).st_size < offset + n:
+            raise TruncatedFileError(self.path, f"the file was truncated while open (byte {offset + n})")
+        if self._map is None:
+            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+        with memoryview(self._map) as whole, whole[offset:offset + n] as part:
+            yield part
+        start = offset - offset % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, start, offset + n - start)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _MemorySource:
+    """A gzip/bzip2 file, decompressed whole into memory."""
+
+    def __init__(self, path: str, opener: Any) -> None:
+        self.path = path
+        pieces = []
+        try:
+            with opener(path, "rb") as f:
+                while piece := f.read(_READ_PIECE):
+                    pieces.append(piece)
+        except (OSError, EOFError, ValueError) as exc:
+            raise MRCFileError(path, f"cannot decompress: {exc}") from exc
+        self.data = memoryview(b"".join(pieces))
+        self.size = len(self.data)
+
+    def pread(self, offset: int, n: int) -> bytes:
+        return bytes(self.data[offset:offset + n])
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        piece = self.data[offset:offset + len(buf)]
+        buf[:len(piece)] = piece
+        return len(piece)
+
+    @contextlib.contextmanager
+    def view(self, offset: int, n: int) -> Iterator[memoryview]:
+        yield self.data[offset:offset + n]
+
+    def close(self) -> None:
+        pass
+
+
+def _open_source(path: str) -> _FileSource | _MemorySource:
+    src = _FileSource(path)
+    magic = src.pread(0, 3)
+    if magic[:2] == b"\x1f\x8b":
+        src.close()
+        return _MemorySource(path, gzip.open)
+    if magic == b"BZh":
+        src.close()
+        return _MemorySource(path, bz2.open)
+    return src
+
+
+class MRCStack:
+    """An open MRC/MRCZ file, read one z-section range at a time.
+
+    Parameters
+    ----------
+    path
+        The file (``.gz``/``.bz2`` compressed files too).
+    fileConvention
+        ``'ccpem'`` or ``'eman2'``.
+    slices
+        Override of the slices-per-frame the header implies.
+    n_threads
+        Threads for blosc decompression (default: all cores).
+
+    Attributes
+    ----------
+    header : MRCHeader
+        The interpreted header.
+    shape : tuple of int
+        (nz, ny, nx) of the decoded data.
+    dtype : numpy.dtype
+        Type of the decoded data, in the file's byte order.
+
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fileConvention: str = "ccpem",
+                 slices: int | None = None, n_threads: int | None = None) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._src = _open_source(self.path)
+        except IsADirectoryError as exc:
+            raise MRCFileError(self.path, "is a directory, not an MRC file") from exc
+        try:
+            self.header: MRCHeader = parse_header(
+                self._src.pread(0, HEADER_BYTES), self.path, self._src.size,
+                fileConvention=fileConvention, slices=slices, read_extended=self._src.pread)
+        except BaseException:
+            self._src.close()
+            raise
+        self.shape = self.header.shape
+        self.dtype = self.header.dtype
+        self.n_threads = n_threads
+        self._offsets = [self.header.data_offset]
+        self._versions: list[int] = []
+        self._index_lock = threading.Lock()
+
+    # -- life cycle -------------------------------------------------------
+    def close(self) -> None:
+        """Release the file."""
+        self._src.close()
+
+    def __enter__(self) -> MRCStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size_on_disk(self) -> int:
+        """Bytes of the file as stored."""
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return self._src.size
+
+    # -- the chunk index (MRCZ) ---------------------------------------------
+    def _index_to(self, i: int) -> None:
+        """Walk chunk headers until the span of chunk ``i`` is known and checked."""
+        if len(self._offsets) > i + 1:
+            return
+        h = self.header
+        expect = h.section_nbytes
+        with self._index_lock:
+            while len(self._offsets) <= i + 1:
+                k = len(self._offsets) - 1
+                pos = self._offsets[-1]
+                head = self._src.pread(pos, blosc_chunks.CHUNK_HEADER_BYTES)
+                if len(head) < blosc_chunks.CHUNK_HEADER_BYTES:
+                    raise TruncatedFileError(
+                        self.path, f"file is truncated: compressed z-section {k} of {h.shape[0]} "
+                        f"should start at byte {pos}, the file ends at {self._src.size}")
+                version, _, _, typesize, nbytes, _, cbytes = blosc_chunks.parse_chunk_header(head)
+                if version not in blosc_chunks.BACKEND_BY_VERSION:
+                    raise MRCFileError(
+                        self.path, f"z-section {k}: not a blosc chunk (format version {version} "
+                        f"at byte {pos}; expected 2 or 5)")
+                if nbytes != expect:
+                    raise MRCFileError(
+                        self.path, f"z-section {k}: blosc chunk at byte {pos} holds {nbytes} "
+                        f"bytes, a {h.shape[1]} x {h.shape[2]} {h.dtype.name} section needs {expect}")
+                if cbytes < blosc_chunks.CHUNK_HEADER_BYTES or pos + cbytes > self._src.size:
+                    raise TruncatedFileError(
+                        self.path, f"z-section {k}: blosc chunk at byte {pos} claims {cbytes} "
+                        f"compressed bytes, only {self._src.size - pos} remain in the file")
+                self._versions.append(version)
+                self._offsets.append(pos + cbytes)
+
+    def chunk_span(self, i: int) -> tuple[int, int, int]:
+        """(offset, compressed bytes, format version) of the chunk of z-section ``i``."""
+        self._index_to(i)
+        return self._offsets[i], self._offsets[i + 1] - self._offsets[i], self._versions[i]
+
+    @property
+    def blosc_format(self) -> int | None:
+        """1 or 2: the c-blosc generation of the first chunk (None if uncompressed)."""
+        if not self.header.is_compressed:
+            return None
+        version = self.chunk_span(0)[2]
+        return 1 if version == 2 else 2
+
+    def meta(self, pixelunits: str = "\\AA") -> dict:
+        """python-mrcz's ``meta`` for this file."""
+        meta = self.header.to_meta(pixelunits)
+        if self.header.is_compressed:
+            fmt = self.blosc_format
+            meta["bloscFormat"] = fmt
+            meta["backend"] = f"blosc{fmt}"
+        return meta
+
+    # -- reading -----------------------------------------------------------
+    def _check_range(self, start: int, stop: int) -> None:
+        nz = self.shape[0]
+        if not 0 <= start <= stop <= nz:
+            raise MRCFileError(self.path, f"z-sections {start}:{stop} are out of range 0:{nz}")
+
+    def _decode_plain(self, start: int, stop: int, out: np.ndarray) -> None:
+        h = self.header
+        offset = h.data_offset + start * h.section_nbytes
+        if h.mode % 1000 in (MODE_UINT4, MODE_COMPLEX_INT16):
+            packed = np.empty(((stop - start) * h.section_nbytes,), dtype=np.uint8)
+            self._read_exact(offset, packed)
+            _unpack(h, packed, out)
+        else:
+            self._read_exact(offset, out)
+
+    def _read_exact(self, offset: int, buf: np.ndarray) -> None:
+        view = memoryview(buf.reshape(-1).view(np.uint8))
+        got = self._src.readinto(offset, view)
+        if got < len(view):
+            raise TruncatedFileError(
+                self.path, f"file is truncated: {len(view) - got} bytes missing at byte {offset + got}")
+
+    def _decompress(self, i: int, chunk: Any, out: np.ndarray, version: int, n_threads: int) -> None:
+        try:
+            blosc_chunks.decompress_into(chunk, out, version, n_threads)
+        except (RuntimeError, ValueError) as exc:
+            raise MRCFileError(
+                self.path, f"z-section {i}: blosc cannot decompress its chunk ({exc})") from exc
+
+    def read(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode z-sections ``start:stop`` into a (stop - start, ny, nx) array.
+
+        Parameters
+        ----------
+        start, stop
+            Range of z-sections (``stop`` exclusive, default: to the end).
+        out
+            C-contiguous array of the right shape and dtype to fill.
+
+        Raises
+        ------
+        MRCFileError
+            A chunk is damaged; the message names the file and the z-section.
+
+        """
+        nz, ny, nx = self.shape
+        stop = nz if stop is None else stop
+        self._check_range(start, stop)
+        if out is None:
+            out = np.empty((stop - start, ny, nx), dtype=self.dtype)
+        if stop == start:
+            return out
+        if not self.header.is_compressed:
+            self._decode_plain(start, stop, out)
+            return out
+        self._index_to(stop - 1)
+        n_threads = blosc_chunks.threads(self.n_threads)
+        for i in range(start, stop):
+            offset, cbytes, version = self.chunk_span(i)
+            with self._src.view(offset, cbytes) as chunk:
+                self._decompress(i, chunk, out[i - start], version, n_threads)
+        return out
+
+    def memmap(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Memory-map z-sections ``start:stop`` of a plain (uncompressed) file, copy-on-write."""
+        h = self.header
+        stop = self.shape[0] if stop is None else stop
+        self._check_range(start, stop)
+        if h.is_compressed or isinstance(self._src, _MemorySource) or h.dtype != h.file_dtype:
+            return self.read(start, stop)
+        return np.memmap(self.path, dtype=h.dtype, mode="c",
+                         offset=h.data_offset + start * h.section_nbytes,
+                         shape=(stop - start, self.shape[1], self.shape[2]))
+
+
+def _unpack(h: MRCHeader, packed: np.ndarray, out: np.ndarray) -> None:
+    """Decode uint4 (two pixels a byte, low nibble first) or complex int16 sections."""
+    nz, ny, nx = out.shape
+    if h.mode == MODE_UINT4:
+        rows = packed.reshape(nz, ny, (nx + 1) // 2)
+        out[:, :, 0::2] = rows[:, :, : (nx + 1) // 2] & 0x0F
+        out[:, :, 1::2] = rows[:, :, : nx // 2] >> 4
+    else:
+        pairs = packed.view(h.file_dtype).reshape(nz, ny, nx, 2)
+        out.real = pairs[..., 0]
+        out.imag = pairs[..., 1]

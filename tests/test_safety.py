@@ -1,0 +1,116 @@
+"""Bad input never crashes, hangs or over-allocates; a failed write never damages a file."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from napari_mrcz import codec
+from napari_mrcz.codec import MRCFileError
+
+from .conftest import make_stack
+
+
+class Exploding:
+    """An array-like whose section ``bad`` fails, as a lazy source or a full disk would."""
+
+    def __init__(self, data: np.ndarray, bad: int, error: type[BaseException]) -> None:
+        self.data, self.bad, self.error = data, bad, error
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise self.error("failed midway")
+        return self.data[i]
+
+
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+def test_a_failed_write_leaves_the_old_file_intact(tmp_path, rng, compressor, error):
+    path = tmp_path / "keep.mrcz"
+    codec.writeMRC(make_stack(rng, "float32"), path, compressor=compressor)
+    before = path.read_bytes()
+    new = make_stack(rng, "float32", shape=(6, 20, 24))
+    with pytest.raises(error):
+        codec.writeMRC(Exploding(new, 4, error), path, compressor=compressor)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["keep.mrcz"], "no temporary file left behind"
+
+
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+def test_a_failed_idx_write_is_rolled_back(tmp_path, rng, compressor):
+    path = tmp_path / "keep.mrcz"
+    data = make_stack(rng, "float32", shape=(4, 20, 24))
+    codec.writeMRC(data, path, compressor=compressor)
+    before = path.read_bytes()
+    new = make_stack(rng, "float32", shape=(3, 20, 24))
+    idx = 4 if compressor else 2
+    with pytest.raises(KeyboardInterrupt):
+        codec.writeMRC(Exploding(new, 2, KeyboardInterrupt), path, idx=idx)
+    assert path.read_bytes() == before
+
+
+def test_new_files_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        codec.writeMRC(np.zeros((1, 4, 4), np.float32), tmp_path / "p.mrc")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.mrc").stat().st_mode & 0o777 == 0o644
+
+
+def test_truncation_anywhere_gives_a_clear_error(tmp_path, rng):
+    data = make_stack(rng, "int16", shape=(4, 32, 32)) // 64
+    full = tmp_path / "full.mrcz"
+    codec.writeMRC(data, full, compressor="zstd", meta={"a": 1})
+    raw = full.read_bytes()
+    cut = tmp_path / "cut.mrcz"
+    for size in list(range(0, 1100, 37)) + list(range(1100, len(raw), 101)):
+        cut.write_bytes(raw[:size])
+        with pytest.raises(MRCFileError) as info:
+            codec.readMRC(cut)
+        assert str(cut) in str(info.value)
+
+
+def test_random_corruption_reads_or_raises_value_or_os_error(tmp_path, rng):
+    data = make_stack(rng, "int16", shape=(3, 32, 32)) // 64
+    good = tmp_path / "good.mrcz"
+    codec.writeMRC(data, good, compressor="lz4")
+    raw = good.read_bytes()
+    bad = tmp_path / "bad.mrcz"
+    outcomes = {"read": 0, "error": 0}
+    for _ in range(400):
+        mutated = bytearray(raw)
+        for pos in rng.integers(0, len(raw), size=rng.integers(1, 6)):
+            mutated[pos] = rng.integers(0, 256)
+        bad.write_bytes(bytes(mutated))
+        try:
+            image, _ = codec.readMRC(bad)
+        except (ValueError, OSError) as exc:
+            assert str(bad) in str(exc)
+            outcomes["error"] += 1
+        else:
+            assert image.size <= 64 * data.size
+            outcomes["read"] += 1
+    assert outcomes["error"] > 0 and outcomes["read"] > 0
+
+
+def test_header_fields_that_would_allocate_terabytes_are_refused(tmp_path):
+    header = bytearray(codec.header.build_header(
+        shape=(1, 4, 4), mode=2, byteorder="<", pixelsize_A=np.ones(3), sampling=(1, 4, 4),
+        ispg=0, stats=None, voltage=0, C3=0, gain=1))
+    for nz, mode in ((1 << 20, 2), (1 << 28, 6002)):
+        header[0:16] = np.array([1 << 14, 1 << 14, nz, mode], "<i4").tobytes()
+        path = tmp_path / "big.mrcz"
+        path.write_bytes(bytes(header) + bytes(4096))
+        with pytest.raises(MRCFileError, match="truncated|missing"):
+            codec.readMRC(path)
+
+
+def test_directory_and_missing_file(tmp_path):
+    with pytest.raises(MRCFileError, match="directory"):
+        codec.readMRC(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        codec.readMRC(tmp_path / "nope.mrc")
