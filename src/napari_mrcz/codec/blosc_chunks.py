@@ -74,6 +74,53 @@ def parse_chunk_header(head: bytes) -> tuple[int, int, int, int, int, int, int]:
     return struct.unpack("<BBBBIII", head[:CHUNK_HEADER_BYTES])
 
 
+def chunk_problem(chunk: Any, nbytes: int) -> str | None:
+    """What is structurally wrong with one chunk, or ``None`` if it is safe to decode.
+
+    c-blosc2 trusts a chunk's block-offset table (``bstarts``): a corrupt entry
+    makes it read outside the buffer and crash the process. So the table is
+    checked here, for both formats, before any chunk reaches a decompressor.
+
+    Parameters
+    ----------
+    chunk
+        The whole chunk (its length must be its ``cbytes``).
+    nbytes
+        The uncompressed size the chunk must have.
+    """
+    head = bytes(chunk[:32])
+    version, _, flags, typesize, n, blocksize, cbytes = parse_chunk_header(head)
+    if cbytes != len(chunk):
+        return f"chunk header says {cbytes} bytes, the chunk has {len(chunk)}"
+    if n != nbytes:
+        return f"chunk holds {n} bytes, expected {nbytes}"
+    if typesize == 0:
+        return "chunk has typesize 0"
+    if version == 5:
+        if len(head) < 32:
+            return "chunk shorter than a c-blosc2 header"
+        special = (head[31] >> 4) & 0x7
+        if special:
+            return None if special in (1, 2, 3, 4) and cbytes <= 32 + typesize else "bad special chunk"
+        overhead = 32
+    else:
+        overhead = CHUNK_HEADER_BYTES
+    if flags & 0x02:  # stored without compression
+        return None if cbytes == nbytes + overhead else "memcpyed chunk of the wrong size"
+    if nbytes == 0:
+        return None
+    if not 0 < blocksize <= max(nbytes, 1) or blocksize % typesize and blocksize < nbytes:
+        return f"chunk has an impossible block size {blocksize}"
+    nblocks = -(-nbytes // blocksize)
+    table_end = overhead + 4 * nblocks
+    if table_end > cbytes:
+        return f"chunk's table of {nblocks} blocks runs past its end"
+    starts = np.frombuffer(chunk, dtype="<i4", count=nblocks, offset=overhead)
+    if starts.size and (starts.min() < table_end or starts.max() >= cbytes):
+        return "chunk's block offsets point outside it"
+    return None
+
+
 def resolve_backend(compressor: str | None, backend: str | None) -> str | None:
     """Pick the library that writes ``compressor``: blosc1 unless asked otherwise.
 

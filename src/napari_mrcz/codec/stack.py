@@ -269,6 +269,9 @@ class MRCStack:
                 self.path, f"file is truncated: {len(view) - got} bytes missing at byte {offset + got}")
 
     def _decompress(self, i: int, chunk: Any, out: np.ndarray, version: int, n_threads: int) -> None:
+        problem = blosc_chunks.chunk_problem(chunk, out.nbytes)
+        if problem is not None:
+            raise MRCFileError(self.path, f"z-section {i}: damaged blosc chunk ({problem})")
         try:
             blosc_chunks.decompress_into(chunk, out, version, n_threads)
         except (RuntimeError, ValueError) as exc:
