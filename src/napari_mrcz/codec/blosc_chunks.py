@@ -87,6 +87,11 @@ def chunk_problem(chunk: Any, nbytes: int) -> str | None:
         The whole chunk (its length must be its ``cbytes``).
     nbytes
         The uncompressed size the chunk must have.
+
+    Returns
+    -------
+    str or None
+        The problem, in words, or ``None``.
     """
     head = bytes(chunk[:32])
     version, _, flags, typesize, n, blocksize, cbytes = parse_chunk_header(head)
