@@ -261,3 +261,26 @@ def test_opening_a_large_movie_reads_no_data(tmp_path):
         frame = dm.read(None, 40, 41)
     assert opened < 0.5, opened
     assert frame.shape == (1, ny, nx) and not frame.any()
+
+
+def test_python_mrcz_tag_methods_walk_a_file():
+    path = data_path("dm", "rsciio_3D_test-1.dm4")
+    dm = codec.readDM4(str(path))
+    found = {}
+    with open(path, "rb") as f:
+        dm.f = f
+        f.seek(16 + 2)
+        ntags = int.from_bytes(f.read(8), "big")
+        for _ in range(ntags):
+            kind = f.read(1)[0]
+            start = f.tell()
+            length = int.from_bytes(f.read(2), "big")
+            name = f.read(length).decode("latin-1")
+            f.seek(start)
+            if kind == 20:
+                found[name] = dm.parseTagDir(b"/")
+            else:
+                found[name] = dm.parseTag(b"/")
+    dm.f = None
+    assert len(found["ImageList"]) == 2
+    assert found["ImageList"][1]["ImageData"]["Dimensions"] == [2, 2, 2]

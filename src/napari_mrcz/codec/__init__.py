@@ -8,15 +8,16 @@ and use it exactly as they used ``mrcz``::
 
 Modules: ``header`` (the MRC2014 header), ``blosc_chunks`` (one blosc chunk
 per z-section), ``stack`` (random access to z-sections), ``mrc`` (the
-python-mrcz functions), ``atomic`` (safe replacement of files), ``dm``
-(Gatan DigitalMicrograph), ``errors``.
+python-mrcz functions), ``atomic`` (safe replacement of files), ``dm_tags``
+(the DM3/DM4 tag tree), ``dm`` (DigitalMicrograph images and python-mrcz's
+``readDM4``), ``errors``.
 """
 
 from __future__ import annotations
 
 from .._version import __version__
 from .blosc_chunks import BLOSC2_PRESENT, BLOSC_PRESENT, CAN_COMPRESS
-from .dm import asyncReadDM4, readDM4
+from .dm import DMFile, DMImage, asyncReadDM4, readDM4
 from .errors import MRCFileError, TruncatedFileError
 from .header import COMPRESSOR_ENUM, REVERSE_CCPEM_ENUM, REVERSE_COMPRESSOR_ENUM
 from .mrc import (
@@ -43,7 +44,8 @@ read_dm4 = readDM4
 async_read_dm4 = asyncReadDM4
 
 __all__ = [
-    "BLOSC2_PRESENT", "BLOSC_PRESENT", "CAN_COMPRESS", "COMPRESSOR_ENUM", "MRCFileError",
+    "BLOSC2_PRESENT", "BLOSC_PRESENT", "CAN_COMPRESS", "COMPRESSOR_ENUM", "DMFile", "DMImage",
+    "MRCFileError",
     "MRCStack", "REVERSE_CCPEM_ENUM", "REVERSE_COMPRESSOR_ENUM", "TruncatedFileError",
     "__version__", "asyncReadDM4", "asyncReadMRC", "asyncWriteMRC", "async_read_dm4",
     "async_read_mrc", "async_write_mrc", "defaultHeader", "default_header", "readDM4",
