@@ -2,14 +2,20 @@
 # packages) on first use.
 .PHONY: demo test lint bench clean
 
+XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
+
 demo:
 	scripts/setup.sh demo
-	.venv/bin/python -m napari_mrcz.demo
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+		.venv/bin/python -m napari_mrcz.demo; \
+	else \
+		$(XVFB) .venv/bin/python -m napari_mrcz.demo --screenshot demo-output/napari-mrcz-demo.png; \
+	fi
 
 test:
 	scripts/setup.sh test
 	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/python -m pytest
+	$(XVFB) .venv/bin/python -m pytest
 
 lint:
 	.venv/bin/ruff check src tests benchmarks

@@ -21,6 +21,13 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# napari in a real window: Xvfb and the xcb / OpenGL libraries Qt 6 loads.
+GUI_PACKAGES=(xvfb xauth x11-utils libgl1 libegl1 libopengl0 libgl1-mesa-dri libglib2.0-0 libdbus-1-3
+  libfontconfig1 libxkbcommon0 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0
+  libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0
+  libxcb-xkb1 fonts-dejavu-core)
+apt_install "${GUI_PACKAGES[@]}"
+
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   apt_install python3 python3-venv python3-pip
 fi

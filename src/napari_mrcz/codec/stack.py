@@ -45,6 +45,7 @@ class _FileSource:
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self.size = os.fstat(self.fd).st_size
         self._map: mmap.mmap | None = None
+        self._map_lock = threading.Lock()
 
     def pread(self, offset: int, n: int) -> bytes:
         return os.pread(self.fd, n, offset)
@@ -64,12 +65,14 @@ class _FileSource:
         """A zero-copy view of bytes ``offset:offset + n``."""
         if os.fstat(self.fd).st_size < offset + n:
             raise TruncatedFileError(self.path, f"the file was truncated while open (byte {offset + n})")
-        if self._map is None:
-            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
-        with memoryview(self._map) as whole, whole[offset:offset + n] as part:
+        with self._map_lock:
+            if self._map is None:
+                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+            mapped = self._map
+        with memoryview(mapped) as whole, whole[offset:offset + n] as part:
             yield part
         start = offset - offset % mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, start, offset + n - start)
+        mapped.madvise(mmap.MADV_DONTNEED, start, offset + n - start)
 
     def close(self) -> None:
         if self._map is not None:

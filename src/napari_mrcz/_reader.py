@@ -1,0 +1,111 @@
+"""napari reader: MRC, MRCZ and DigitalMicrograph files as lazy image layers.
+
+Thin by design: :func:`napari_mrcz.codec.source.open_image` knows the formats;
+this module turns an :class:`~napari_mrcz.codec.source.ImageSource` into
+napari ``LayerData`` tuples whose arrays decode frames only when napari asks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .codec.lazy import LazyStack
+from .codec.source import ImageSource, open_image
+
+SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".rec", ".ali", ".preali", ".mrcz", ".dm3", ".dm4",
+            ".mrc.gz", ".map.gz", ".mrcs.gz", ".mrc.bz2", ".map.bz2", ".mrcs.bz2")
+_NAPARI_UNITS = {"": "pixel", "A": "angstrom", "Å": "angstrom", "nm": "nanometer", "um": "micrometer",
+                 "µm": "micrometer", "μm": "micrometer", "pm": "picometer"}
+
+LayerData = tuple[Any, dict, str]
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return :func:`read_layers` for files this plugin reads, else ``None``."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if paths and all(str(p).lower().endswith(SUFFIXES) for p in paths):
+        return read_layers
+    return None
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    """Open each file as one or more image layers (lazily)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        layers.extend(layer_data(open_image(p)))
+    return layers
+
+
+def _units(units: list[str]) -> list[str]:
+    import pint
+
+    registry = pint.get_application_registry()
+    out = []
+    for unit in units:
+        name = _NAPARI_UNITS.get(unit.strip(), unit.strip())
+        try:
+            registry.Unit(name)
+        except Exception:  # pint rejects DM's free-text units ('counts', '1/nm ' ...)
+            name = "pixel"
+        out.append(name)
+    return out
+
+
+def _contrast(source: ImageSource, transform: Callable | None) -> list[float]:
+    if source.stats is not None and transform is None:
+        return [float(v) for v in source.stats]
+    sample = source.sample_frame()
+    sample = transform(sample) if transform is not None else sample
+    values = np.asarray(sample, dtype=np.float64)[..., ::2, ::2] if sample.ndim >= 2 else sample
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return [0.0, 1.0]
+    lo, hi = np.percentile(finite, [0.5, 99.5])
+    return [float(lo), float(hi)] if hi > lo else [float(finite.min()), float(finite.min()) + 1.0]
+
+
+def layer_data(source: ImageSource) -> list[LayerData]:
+    """The ``LayerData`` tuples for one opened file."""
+    name = Path(source.path).name
+    for suffix in (".gz", ".bz2"):
+        name = name.removesuffix(suffix)
+    name = Path(name).stem
+    scale, units, labels = list(source.scale), list(source.units), list(source.axis_labels)
+    data: Any = source.data
+    if source.cache is not None:
+        data = LazyStack(source.cache, source.shape[1:], source.dtype)
+    if data.ndim == 1 or (source.rgb and data.ndim == 2):  # a spectrum: one row
+        data = data[None]
+        scale, units, labels = [1.0, *scale], ["", *units], ["row", *labels]
+    base = {"scale": scale, "units": _units(units), "axis_labels": labels,
+            "metadata": {"mrcz": source.mrcz}}
+    if source.rgb:
+        return [(data, {**base, "name": name, "rgb": True}, "image")]
+
+    variants: list[tuple[str, Any, Callable | None]] = [(name, data, None)]
+    if source.slices > 1 and source.cache is not None:
+        s, n = source.slices, source.shape[0] // source.slices
+        variants = [(f"{name} [channel {c}]",
+                     LazyStack(source.cache, source.shape[1:], source.dtype, index=lambda i, c=c: i * s + c,
+                               n=n), None) for c in range(s)]
+        base["scale"], base["units"] = [scale[0] * s, *scale[1:]], base["units"]
+    if np.dtype(source.dtype).kind == "c":
+        real = np.float32 if np.dtype(source.dtype).itemsize == 8 else np.float64
+        complex_variants = []
+        for label, arr, _ in variants:
+            for part, fn in (("amplitude", np.abs), ("phase", np.angle)):
+                if isinstance(arr, LazyStack):
+                    view = LazyStack(arr.cache, arr.frame_shape, real, index=arr._index, n=arr.shape[0],
+                                     transform=fn)
+                else:
+                    view = fn(arr).astype(real)
+                complex_variants.append((f"{label} ({part})", view, fn))
+        variants = complex_variants
+    return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
+            for label, arr, fn in variants]

@@ -1,0 +1,182 @@
+"""A lazy stack: an array-like that decodes frames on demand, caches and prefetches them.
+
+napari (or dask, or numpy code) slices it like an array; only the frames asked
+for are decoded, through the codec's random access. A small LRU cache keeps
+recent frames, and after each request a background thread decodes the
+neighbouring frames, so stepping through a movie mostly hits the cache.
+No napari imports here.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+_CACHE_BYTES = 512 << 20
+
+
+class FrameCache:
+    """Frames of one source: decoded once, kept while they fit, neighbours prefetched.
+
+    Parameters
+    ----------
+    read
+        ``read(i) -> ndarray``: decodes frame ``i`` (must be thread-safe).
+    n
+        Number of frames.
+    frame_nbytes
+        Bytes of one decoded frame (sets how many frames the cache keeps).
+    prefetch
+        How many frames ahead (and one behind) to decode in the background.
+    """
+
+    def __init__(self, read: Callable[[int], np.ndarray], n: int, frame_nbytes: int,
+                 prefetch: int = 2) -> None:
+        self._read, self.n, self.prefetch = read, n, prefetch
+        self.capacity = max(4, _CACHE_BYTES // max(frame_nbytes, 1))
+        self._frames: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._pending: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.hits = self.misses = 0
+
+    def get(self, i: int) -> np.ndarray:
+        """Frame ``i`` (read-only), from the cache or decoded now."""
+        with self._lock:
+            frame = self._frames.get(i)
+            if frame is not None:
+                self._frames.move_to_end(i)
+                self.hits += 1
+            pending = self._pending.get(i) if frame is None else None
+        if frame is None:
+            frame = pending.result() if pending is not None else self._load(i)
+            if pending is None:
+                self.misses += 1
+        self._schedule(i)
+        return frame
+
+    def _load(self, i: int) -> np.ndarray:
+        frame = self._read(i)
+        frame.setflags(write=False)
+        with self._lock:
+            self._frames[i] = frame
+            self._frames.move_to_end(i)
+            while len(self._frames) > self.capacity:
+                self._frames.popitem(last=False)
+            self._pending.pop(i, None)
+        return frame
+
+    def _schedule(self, i: int) -> None:
+        if self.prefetch <= 0:
+            return
+        wanted = [j for j in (*range(i + 1, i + 1 + self.prefetch), i - 1) if 0 <= j < self.n]
+        with self._lock:
+            todo = [j for j in wanted if j not in self._frames and j not in self._pending]
+            if not todo:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrcz-prefetch")
+            for j in todo:
+                self._pending[j] = self._pool.submit(self._quiet_load, j)
+
+    def _quiet_load(self, j: int) -> np.ndarray | None:
+        try:
+            return self._load(j)
+        except Exception:  # a damaged frame is reported when it is asked for, not here
+            with self._lock:
+                self._pending.pop(j, None)
+            return None
+
+    def close(self) -> None:
+        """Stop prefetching and drop the cached frames."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        with self._lock:
+            self._frames.clear()
+            self._pending.clear()
+
+
+class LazyStack:
+    """An array of shape ``(n, *frame_shape)`` whose frames are decoded on demand.
+
+    Parameters
+    ----------
+    cache
+        Where frames come from.
+    frame_shape
+        Shape of one frame.
+    dtype
+        Type of the frames.
+    index
+        Maps this stack's frame number to the cache's (channels of a
+        multi-channel stack); identity by default.
+    n
+        Number of frames (default: the cache's).
+    transform
+        Applied to each frame (amplitude or phase of complex data).
+    """
+
+    def __init__(self, cache: FrameCache, frame_shape: tuple[int, ...], dtype: Any, *,
+                 index: Callable[[int], int] | None = None, n: int | None = None,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.cache = cache
+        self.frame_shape = tuple(frame_shape)
+        self.dtype = np.dtype(dtype)
+        self._index = index or (lambda i: i)
+        self._transform = transform
+        self.shape = (cache.n if n is None else n, *self.frame_shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole stack once decoded."""
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyStack(shape={self.shape}, dtype={self.dtype})"
+
+    def frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` (negative counts from the end)."""
+        n = self.shape[0]
+        if not -n <= i < n:
+            raise IndexError(f"frame {i} out of range for {n} frames")
+        frame = self.cache.get(self._index(i % n))
+        return frame if self._transform is None else self._transform(frame)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(j for j, k in enumerate(key) if k is Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(key) + 1)
+            key = key[:at] + fill + key[at + 1:]
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if isinstance(first, (int, np.integer)):
+            return np.asarray(self.frame(int(first))[rest] if rest else self.frame(int(first)))
+        frames = np.arange(self.shape[0])[first]
+        out = np.empty((len(frames), *self.frame_shape), dtype=self.dtype)
+        for k, i in enumerate(frames):
+            out[k] = self.frame(int(i))
+        return out[(slice(None), *rest)] if rest else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
