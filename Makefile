@@ -23,6 +23,8 @@ lint:
 bench:
 	scripts/setup.sh bench
 	.venv/bin/python benchmarks/bench_codec.py
+	.venv/bin/python benchmarks/bench_dm.py
+	$(XVFB) .venv/bin/python benchmarks/bench_napari.py
 
 clean:
 	rm -rf .venv build dist demo-output .pytest_cache .ruff_cache

@@ -142,3 +142,10 @@ def test_idx_write_with_the_wrong_frame_size_changes_nothing(tmp_path, rng):
     with pytest.raises(ValueError, match="sections are"):
         codec.writeMRC(np.zeros((1, 9, 8), np.float32), path, idx=2)
     assert path.read_bytes() == before
+
+
+def test_memmap_of_packed_modes_decodes_instead(tmp_path, rng):
+    data = rng.integers(0, 16, size=(3, 6, 10)).astype(np.int8)
+    codec.writeMRC(data, tmp_path / "u4.mrc", dtype="uint4")
+    image, _ = codec.readMRC(tmp_path / "u4.mrc", useMemmap=True)
+    np.testing.assert_array_equal(image, data)

@@ -208,13 +208,13 @@ class MRCZWidget(Container):
         from napari.qt.threading import create_worker
 
         layer = self.layer
-        if layer is None or isinstance(layer.data, np.ndarray):
+        if layer is None or (isinstance(layer.data, np.ndarray) and not isinstance(layer.data, np.memmap)):
             return None
         data = layer.data
         n = int(data.shape[0])
 
         def decode():
-            out = np.empty(data.shape, dtype=data.dtype)
+            out = np.empty(data.shape, dtype=np.dtype(data.dtype).newbyteorder("="))
             for i in range(n):
                 out[i] = data[i]
                 yield i + 1

@@ -227,25 +227,30 @@ class Compressor:
                                   clevel=self.clevel, shuffle=blosc.BITSHUFFLE, cname=self.cname)
 
 
+def warm() -> None:
+    """Import python-blosc2 now (about 0.2 s), where installed, so later decodes use it."""
+    if BLOSC2_PRESENT:
+        _get_blosc2()
+
+
 def decompress_into(chunk: Any, out: np.ndarray, version: int, n_threads: int) -> None:
     """Decompress one chunk into the C-contiguous array ``out`` (exactly its size).
 
-    python-blosc2, where installed, decodes both chunk formats and is the
-    faster of the two; python-blosc decodes version-2 chunks otherwise.
+    Version-5 chunks need python-blosc2. Version-2 chunks go through python-blosc2
+    once it is loaded (it decodes them faster; :func:`warm` loads it), through
+    python-blosc (always loaded) until then, so that showing one frame never
+    waits for an import.
 
     Raises
     ------
     RuntimeError
         blosc rejected the chunk (the caller adds the file name).
-
     """
-    if BLOSC2_PRESENT:
+    if version != 2 or _blosc2 is not None:
         b2 = _get_blosc2()
         b2.set_nthreads(n_threads)
         b2.decompress(chunk, dst=out.reshape(-1).view(np.uint8))
         return
-    if version != 2:
-        _get_blosc2()  # raises the ImportError that says what to install
     with _BLOSC_LOCK:
         blosc.set_nthreads(n_threads)
         blosc.decompress_ptr(chunk, out.ctypes.data)

@@ -2,14 +2,17 @@
 
 napari (or dask, or numpy code) slices it like an array; only the frames asked
 for are decoded, through the codec's random access. A small LRU cache keeps
-recent frames, and after each request a background thread decodes the
-neighbouring frames, so stepping through a movie mostly hits the cache.
+recent frames, and after each request a background thread decodes the next
+frames in the direction of travel, so stepping through a movie mostly hits
+the cache. That thread runs at the lowest CPU priority with one decoder
+thread, so it only uses time the viewer leaves idle.
 No napari imports here.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,22 +23,31 @@ import numpy as np
 _CACHE_BYTES = 512 << 20
 
 
+def _idle_priority() -> None:
+    """Run this (prefetch) thread at the lowest CPU priority: the viewer must never wait for it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: prefetch at normal priority
+        pass
+
+
 class FrameCache:
     """Frames of one source: decoded once, kept while they fit, neighbours prefetched.
 
     Parameters
     ----------
     read
-        ``read(i) -> ndarray``: decodes frame ``i`` (must be thread-safe).
+        ``read(i, background) -> ndarray``: decodes frame ``i`` (thread-safe);
+        ``background`` is true for prefetching, which should use one thread.
     n
         Number of frames.
     frame_nbytes
         Bytes of one decoded frame (sets how many frames the cache keeps).
     prefetch
-        How many frames ahead (and one behind) to decode in the background.
+        How many frames ahead, in the direction of travel, to decode in the background.
     """
 
-    def __init__(self, read: Callable[[int], np.ndarray], n: int, frame_nbytes: int,
+    def __init__(self, read: Callable[[int, bool], np.ndarray], n: int, frame_nbytes: int,
                  prefetch: int = 2) -> None:
         self._read, self.n, self.prefetch = read, n, prefetch
         self.capacity = max(4, _CACHE_BYTES // max(frame_nbytes, 1))
@@ -43,6 +55,7 @@ class FrameCache:
         self._pending: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._last = -2
         self.hits = self.misses = 0
 
     def get(self, i: int) -> np.ndarray:
@@ -54,14 +67,14 @@ class FrameCache:
                 self.hits += 1
             pending = self._pending.get(i) if frame is None else None
         if frame is None:
-            frame = pending.result() if pending is not None else self._load(i)
+            frame = pending.result() if pending is not None else self._load(i, False)
             if pending is None:
                 self.misses += 1
         self._schedule(i)
         return frame
 
-    def _load(self, i: int) -> np.ndarray:
-        frame = self._read(i)
+    def _load(self, i: int, background: bool) -> np.ndarray:
+        frame = self._read(i, background)
         frame.setflags(write=False)
         with self._lock:
             self._frames[i] = frame
@@ -72,21 +85,24 @@ class FrameCache:
         return frame
 
     def _schedule(self, i: int) -> None:
-        if self.prefetch <= 0:
+        """Prefetch ahead in the direction of travel; a jump (a slider drag) prefetches nothing."""
+        step, self._last = i - self._last, i
+        if self.prefetch <= 0 or step not in (1, -1):
             return
-        wanted = [j for j in (*range(i + 1, i + 1 + self.prefetch), i - 1) if 0 <= j < self.n]
+        wanted = [j for j in (i + step * k for k in range(1, self.prefetch + 1)) if 0 <= j < self.n]
         with self._lock:
             todo = [j for j in wanted if j not in self._frames and j not in self._pending]
             if not todo:
                 return
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrcz-prefetch")
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrcz-prefetch",
+                                                initializer=_idle_priority)
             for j in todo:
                 self._pending[j] = self._pool.submit(self._quiet_load, j)
 
     def _quiet_load(self, j: int) -> np.ndarray | None:
         try:
-            return self._load(j)
+            return self._load(j, True)
         except Exception:  # a damaged frame is reported when it is asked for, not here
             with self._lock:
                 self._pending.pop(j, None)

@@ -66,7 +66,8 @@ class ImageSource:
     def sample_frame(self) -> np.ndarray:
         """The middle frame (or the whole image), for contrast limits."""
         if self.cache is None:
-            return np.asarray(self.data)
+            data = self.data
+            return np.asarray(data[data.shape[0] // 2] if data.ndim >= 3 and not self.rgb else data)
         return self.cache.get(self.cache.n // 2)
 
 
@@ -104,12 +105,19 @@ def _open_mrc(path: str) -> ImageSource:
     pz, py, px = mrcz["pixelsize"]
     common = dict(path=path, kind=mrcz["format"], dtype=h.dtype, mrcz=mrcz, slices=h.slices,
                   stats=stats, handle=stack)
+    # Plain data is memory-mapped: the OS pages frames in, nothing is copied.
+    mapped = stack.memmap() if not h.is_compressed else None
     if nz == 1:
+        data = mapped[0] if mapped is not None else stack.read(0, 1)[0]
         return ImageSource(shape=(ny, nx), scale=[py, px], units=["Å", "Å"], axis_labels=["y", "x"],
-                           data=stack.read(0, 1)[0], **common)
-    cache = FrameCache(lambda i: stack.read(i, i + 1)[0], nz, ny * nx * h.dtype.itemsize)
-    return ImageSource(shape=(nz, ny, nx), scale=[pz, py, px], units=["Å", "Å", "Å"],
-                       axis_labels=["z", "y", "x"], cache=cache, **common)
+                           data=data, **common)
+    spatial = dict(shape=(nz, ny, nx), scale=[pz, py, px], units=["Å", "Å", "Å"],
+                   axis_labels=["z", "y", "x"])
+    if isinstance(mapped, np.memmap) and h.slices <= 1:
+        return ImageSource(data=mapped, **spatial, **common)
+    cache = FrameCache(lambda i, background: stack.read(i, i + 1, n_threads=1 if background else None)[0],
+                       nz, ny * nx * h.dtype.itemsize)
+    return ImageSource(cache=cache, **spatial, **common)
 
 
 def _open_dm(path: str) -> ImageSource:
@@ -135,12 +143,8 @@ def _open_dm(path: str) -> ImageSource:
     common = dict(path=path, kind=mrcz["format"], dtype=image.dtype, mrcz=mrcz, rgb=image.is_rgb,
                   scale=[a.scale for a in axes], units=[a.units for a in axes], axis_labels=labels,
                   handle=dm)
-    frame_shape = shape[1:]
-    if image.is_rgb or len(axes) < 3 or image.data_type in (5, 27, 28):
-        return ImageSource(shape=shape, data=dm.read(image), **common)
-    nbytes = int(np.prod(frame_shape)) * image.dtype.itemsize
-    cache = FrameCache(lambda i: dm.read(image, i, i + 1)[0], shape[0], nbytes)
-    return ImageSource(shape=shape, cache=cache, **common)
+    # memmap() maps plain numeric data (any size opens at once) and decodes the rest.
+    return ImageSource(shape=shape, data=dm.memmap(image), **common)
 
 
 def convert_length(value: float, from_unit: str, to_unit: str) -> float:

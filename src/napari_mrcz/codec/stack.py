@@ -281,7 +281,8 @@ class MRCStack:
             raise MRCFileError(
                 self.path, f"z-section {i}: blosc cannot decompress its chunk ({exc})") from exc
 
-    def read(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None,
+             n_threads: int | None = None) -> np.ndarray:
         """Decode z-sections ``start:stop`` into a (stop - start, ny, nx) array.
 
         Parameters
@@ -290,6 +291,8 @@ class MRCStack:
             Range of z-sections (``stop`` exclusive, default: to the end).
         out
             C-contiguous array of the right shape and dtype to fill.
+        n_threads
+            Decompression threads for this call (default: the stack's).
 
         Raises
         ------
@@ -308,7 +311,9 @@ class MRCStack:
             self._decode_plain(start, stop, out)
             return out
         self._index_to(stop - 1)
-        n_threads = blosc_chunks.threads(self.n_threads)
+        n_threads = blosc_chunks.threads(self.n_threads if n_threads is None else n_threads)
+        if stop - start > 1:
+            blosc_chunks.warm()  # the faster decoder pays for its import on a stack
         for i in range(start, stop):
             offset, cbytes, version = self.chunk_span(i)
             with self._src.view(offset, cbytes) as chunk:
@@ -320,7 +325,8 @@ class MRCStack:
         h = self.header
         stop = self.shape[0] if stop is None else stop
         self._check_range(start, stop)
-        if h.is_compressed or isinstance(self._src, _MemorySource) or h.dtype != h.file_dtype:
+        packed = h.mode in (MODE_UINT4, MODE_COMPLEX_INT16)
+        if h.is_compressed or isinstance(self._src, _MemorySource) or packed:
             return self.read(start, stop)
         return np.memmap(self.path, dtype=h.dtype, mode="c",
                          offset=h.data_offset + start * h.section_nbytes,
