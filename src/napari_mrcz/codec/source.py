@@ -64,11 +64,11 @@ class ImageSource:
     handle: Any = field(default=None, repr=False)
 
     def sample_frame(self) -> np.ndarray:
-        """The middle frame (or the whole image), for contrast limits."""
+        """The frame napari shows first (the middle one), for contrast limits."""
         if self.cache is None:
             data = self.data
-            return np.asarray(data[data.shape[0] // 2] if data.ndim >= 3 and not self.rgb else data)
-        return self.cache.get(self.cache.n // 2)
+            return np.asarray(data[(data.shape[0] - 1) // 2] if data.ndim >= 3 and not self.rgb else data)
+        return self.cache.get((self.cache.n - 1) // 2)
 
 
 def open_image(path: str | os.PathLike) -> ImageSource:
