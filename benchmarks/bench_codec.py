@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import blosc
@@ -32,29 +31,10 @@ import numpy as np
 from napari_mrcz import codec
 from napari_mrcz.codec import MRCStack
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, best, interleaved, update_docs  # noqa: E402
+
 THREADS = blosc.detect_number_of_cores()
-
-
-def best(fn, repeat: int) -> float:
-    """Shortest wall time of ``repeat`` calls."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def interleaved(fns: dict, repeat: int) -> dict:
-    """Best time of each function, running them in turn so that load hits all alike."""
-    times: dict = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in times.items()}
 
 
 def make_data(name: str, scale: float) -> np.ndarray:
@@ -246,13 +226,7 @@ def write_report(results: dict, outdir: Path) -> str:
                          f"{c['idx_last_2_s'] * 1e3:.1f} ms | {c['full_read_s'] * 1e3:.0f} ms |")
     table = "\n".join(lines)
     (outdir / "codec.md").write_text(table + "\n")
-    page = outdir.parent / "benchmarks.md"
-    if page.is_file():
-        text = page.read_text()
-        start, end = "<!-- codec:start -->", "<!-- codec:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            page.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    update_docs(outdir.parent / "benchmarks.md", "codec", table)
     try:
         plot(results, outdir / "codec.png")
     except ImportError:

@@ -17,13 +17,15 @@ import importlib.util
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import best, update_docs  # noqa: E402
 
 from napari_mrcz.codec.dm import DMFile  # noqa: E402
 from tests.dm_writer import Hole, Writer, image_entry  # noqa: E402
@@ -50,15 +52,6 @@ def write_movie(path: Path, gb: float, ny: int = 4096, nx: int = 4096) -> tuple[
 
 def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -125,13 +118,7 @@ def main() -> None:
     table = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dm.json").write_text(json.dumps(results, indent=1))
-    page = args.out.parent / "benchmarks.md"
-    if page.is_file():
-        text = page.read_text()
-        start, end = "<!-- dm:start -->", "<!-- dm:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            page.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    update_docs(args.out.parent / "benchmarks.md", "dm", table)
     print(table)
 
 
