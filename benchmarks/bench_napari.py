@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ def make_files(folder: Path, gb: float) -> dict[str, Path]:
     files = {"MRCZ (zstd)": folder / f"movie_{gb}.mrcz", "MRC": folder / f"movie_{gb}.mrc"}
     codec.writeMRC(Cycled(), files["MRCZ (zstd)"], compressor="zstd", pixelsize=[1.0, 0.83, 0.83])
     codec.writeMRC(Cycled(), files["MRC"], pixelsize=[1.0, 0.83, 0.83])
+    os.sync()  # no write-back of the new files may run during the measurements
     return files
 
 
