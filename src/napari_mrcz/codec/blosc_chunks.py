@@ -31,6 +31,8 @@ BLOSC2_PRESENT = importlib.util.find_spec("blosc2") is not None
 CAN_COMPRESS = BLOSC_PRESENT or BLOSC2_PRESENT
 
 CHUNK_HEADER_BYTES = 16
+#: What python-blosc and python-blosc2 raise for a chunk they cannot decode.
+DECODE_ERRORS = (RuntimeError, ValueError, blosc.blosc_extension.error)
 #: Largest chunk c-blosc1 can hold; a z-section beyond this cannot be compressed.
 MAX_CHUNK_NBYTES = blosc.MAX_BUFFERSIZE
 #: Chunk format version byte -> backend that reads it.

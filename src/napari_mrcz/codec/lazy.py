@@ -67,8 +67,13 @@ class FrameCache:
                 self.hits += 1
             pending = self._pending.get(i) if frame is None else None
         if frame is None:
-            frame = pending.result() if pending is not None else self._load(i, False)
-            if pending is None:
+            # A prefetch still under way runs at idle priority: never wait for it.
+            if pending is not None and pending.done() and pending.result() is not None:
+                frame = pending.result()
+            else:
+                if pending is not None:
+                    pending.cancel()
+                frame = self._load(i, False)
                 self.misses += 1
         self._schedule(i)
         return frame

@@ -277,7 +277,7 @@ class MRCStack:
             raise MRCFileError(self.path, f"z-section {i}: damaged blosc chunk ({problem})")
         try:
             blosc_chunks.decompress_into(chunk, out, version, n_threads)
-        except (RuntimeError, ValueError) as exc:
+        except blosc_chunks.DECODE_ERRORS as exc:
             raise MRCFileError(
                 self.path, f"z-section {i}: blosc cannot decompress its chunk ({exc})") from exc
 

@@ -1,0 +1,122 @@
+"""The lazy stack napari slices: indexing like numpy, a bounded cache, prefetch in the direction of travel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_mrcz import codec
+from napari_mrcz.codec.lazy import FrameCache, LazyStack
+from napari_mrcz.codec.source import open_image
+
+from .conftest import make_stack
+
+
+def counting(data: np.ndarray):
+    calls: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def read(i: int, background: bool) -> np.ndarray:
+        with lock:
+            calls.append((i, background))
+        return data[i].copy()
+
+    return read, calls
+
+
+@pytest.fixture
+def stack(rng):
+    data = make_stack(rng, "float32", shape=(10, 6, 7))
+    read, calls = counting(data)
+    cache = FrameCache(read, 10, data[0].nbytes, prefetch=2)
+    yield data, LazyStack(cache, data.shape[1:], data.dtype), calls
+    cache.close()
+
+
+@pytest.mark.parametrize("key", [3, -1, np.s_[2:5], np.s_[::3], np.s_[4, 1:3], np.s_[..., 2],
+                                 np.s_[7, ..., ::2], np.s_[[1, 4]], (np.int64(2), slice(None))])
+def test_indexes_like_numpy(stack, key):
+    data, lazy, _ = stack
+    np.testing.assert_array_equal(lazy[key], data[key])
+
+
+def test_shape_dtype_and_asarray(stack):
+    data, lazy, _ = stack
+    assert lazy.shape == data.shape and lazy.dtype == data.dtype and lazy.ndim == 3
+    assert lazy.nbytes == data.nbytes and len(lazy) == 10
+    np.testing.assert_array_equal(np.asarray(lazy), data)
+    with pytest.raises(IndexError):
+        lazy.frame(10)
+
+
+def wait_for(cache: FrameCache, frames: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with cache._lock:
+            if all(f in cache._frames for f in frames):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"frames {frames} were not prefetched")
+
+
+def test_stepping_prefetches_ahead_in_the_direction_of_travel(stack):
+    _, lazy, calls = stack
+    lazy[4]
+    lazy[5]
+    wait_for(lazy.cache, [6, 7])
+    lazy[6]
+    assert lazy.cache.hits >= 1
+    assert (6, True) in calls and (7, True) in calls
+    lazy[5]
+    lazy[4]
+    wait_for(lazy.cache, [3, 2])
+    assert all(bg for i, bg in calls if i in (2, 3))
+
+
+def test_a_jump_prefetches_nothing(stack):
+    _, lazy, calls = stack
+    lazy[0]
+    lazy[8]
+    time.sleep(0.2)
+    assert sorted(i for i, _ in calls) == [0, 8]
+
+
+def test_the_cache_is_bounded(rng):
+    data = make_stack(rng, "uint16", shape=(40, 4, 4))
+    read, calls = counting(data)
+    cache = FrameCache(read, 40, 512 << 20, prefetch=0)  # a frame "as big as" the whole budget
+    lazy = LazyStack(cache, data.shape[1:], data.dtype)
+    for i in range(10):
+        lazy[i]
+    assert len(cache._frames) == cache.capacity == 4
+    lazy[0]
+    assert calls.count((0, False)) == 2, "frame 0 was evicted and decoded again"
+
+
+def test_channels_and_transforms_share_one_cache(rng):
+    data = (make_stack(rng, "float32", shape=(6, 5, 5)) + 1j).astype(np.complex64)
+    read, _ = counting(data)
+    cache = FrameCache(read, 6, data[0].nbytes, prefetch=0)
+    second = LazyStack(cache, (5, 5), np.float32, index=lambda i: 2 * i + 1, n=3, transform=np.abs)
+    np.testing.assert_allclose(np.asarray(second), np.abs(data[1::2]))
+
+
+def test_damaged_frames_are_reported_when_shown(tmp_path, rng):
+    data = make_stack(rng, "int16", shape=(4, 64, 64)) // 256
+    path = tmp_path / "d.mrcz"
+    codec.writeMRC(data, path, compressor="zstd")
+    with codec.MRCStack(path) as stack:
+        offset, cbytes, _ = stack.chunk_span(2)
+    raw = bytearray(path.read_bytes())
+    raw[offset + 40:offset + cbytes] = bytes(cbytes - 40)
+    path.write_bytes(bytes(raw))
+    source = open_image(path)
+    lazy = LazyStack(source.cache, source.shape[1:], source.dtype)
+    lazy[0]
+    lazy[1]  # prefetches 2 and 3 in the background: frame 2 fails there, quietly
+    np.testing.assert_array_equal(lazy[3], data[3])
+    with pytest.raises(codec.MRCFileError, match="z-section 2"):
+        lazy[2]
