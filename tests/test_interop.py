@@ -171,3 +171,44 @@ def test_imod_unsigned_bytes(tmp_path, rng):
     raw[156:160] = np.int32(1).tobytes()  # IMOD: bytes are signed
     path.write_bytes(bytes(raw))
     assert codec.readMRC(path)[0].dtype == np.int8
+
+
+def test_extended_headers_of_any_type_are_skipped(tmp_path, rng):
+    data = make_stack(rng, "float32", shape=(3, 8, 10))
+    path = tmp_path / "fei.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.set_extended_header(np.arange(768, dtype=np.uint8).view("V128"))
+        m.header.exttyp = b"FEI1"
+        m.voxel_size = 2.0
+    image, meta = codec.readMRC(path)
+    np.testing.assert_array_equal(image, data)
+    assert meta["extendedBytes"] == 768 and meta["metaId"] == b"FEI1"
+    np.testing.assert_allclose(meta["pixelsize"], [2.0, 2.0, 2.0])
+
+
+def test_eman2_mode_numbers(tmp_path, rng):
+    data = make_stack(rng, "int16", shape=(2, 6, 6))
+    path = tmp_path / "eman2.mrc"
+    codec.writeMRC(data, path)
+    raw = bytearray(path.read_bytes())
+    raw[12:16] = np.int32(3).tobytes()  # EMAN2's int16; in MRC2014, 3 is complex int16
+    path.write_bytes(bytes(raw))
+    image, _ = codec.readMRC(path, fileConvention="eman2")
+    np.testing.assert_array_equal(image, data)
+    with pytest.raises(ValueError, match="fileConvention"):
+        codec.readMRC(path, fileConvention="spider")
+
+
+def test_mode_3_complex_int16_reads_as_complex64(tmp_path, rng):
+    pairs = make_stack(rng, "int16", shape=(2, 6, 12))
+    path = tmp_path / "c16.mrc"
+    codec.writeMRC(pairs, path)
+    raw = bytearray(path.read_bytes())
+    raw[0:4] = np.int32(6).tobytes()  # nx counts complex samples
+    raw[12:16] = np.int32(3).tobytes()
+    path.write_bytes(bytes(raw))
+    image, meta = codec.readMRC(path)
+    assert image.dtype == np.complex64 and image.shape == (2, 6, 6) and meta["MRCtype"] == 3
+    np.testing.assert_array_equal(image.real, pairs[..., 0::2])
+    np.testing.assert_array_equal(image.imag, pairs[..., 1::2])

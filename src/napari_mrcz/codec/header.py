@@ -178,7 +178,13 @@ class MRCHeader:
         nz, ny, nx = self.shape
         if self.mode == MODE_UINT4:
             return ny * ((nx + 1) // 2)
-        return ny * nx * self.file_dtype.itemsize
+        parts = 2 if self.dtype.kind == "c" and self.file_dtype.kind == "i" else 1
+        return ny * nx * parts * self.file_dtype.itemsize
+
+    @property
+    def is_packed(self) -> bool:
+        """Whether samples need unpacking: 4-bit (mode 101) or complex int16 (mode 3)."""
+        return self.mode == MODE_UINT4 or (self.dtype.kind == "c" and self.file_dtype.kind == "i")
 
     @property
     def is_compressed(self) -> bool:

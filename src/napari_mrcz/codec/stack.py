@@ -25,7 +25,7 @@ import numpy as np
 
 from . import blosc_chunks
 from .errors import MRCFileError, TruncatedFileError
-from .header import HEADER_BYTES, MODE_COMPLEX_INT16, MODE_UINT4, MRCHeader, parse_header
+from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, parse_header
 
 _READ_PIECE = 1 << 24
 
@@ -257,7 +257,7 @@ class MRCStack:
     def _decode_plain(self, start: int, stop: int, out: np.ndarray) -> None:
         h = self.header
         offset = h.data_offset + start * h.section_nbytes
-        if h.mode % 1000 in (MODE_UINT4, MODE_COMPLEX_INT16):
+        if h.is_packed:
             packed = np.empty(((stop - start) * h.section_nbytes,), dtype=np.uint8)
             self._read_exact(offset, packed)
             _unpack(h, packed, out)
@@ -325,8 +325,7 @@ class MRCStack:
         h = self.header
         stop = self.shape[0] if stop is None else stop
         self._check_range(start, stop)
-        packed = h.mode in (MODE_UINT4, MODE_COMPLEX_INT16)
-        if h.is_compressed or isinstance(self._src, _MemorySource) or packed:
+        if h.is_compressed or isinstance(self._src, _MemorySource) or h.is_packed:
             return self.read(start, stop)
         return np.memmap(self.path, dtype=h.dtype, mode="c",
                          offset=h.data_offset + start * h.section_nbytes,
