@@ -214,10 +214,11 @@ def test_sample_data(viewer):
 
 
 def test_stepping_frames_keeps_the_event_loop_responsive(viewer, tmp_path, qtbot):
-    """A QTimer ticks every 10 ms while frames are stepped; no gap may freeze the window.
+    """A QTimer ticks every 10 ms while frames are stepped: the window never freezes.
 
-    The bound here is generous (a shared CI machine); benchmarks/bench_napari.py
-    measures the real gaps.
+    Typical gaps stay under the 100 ms a user notices, and none reaches the half
+    second that reads as a hang (a shared 2-core CI machine draws with software
+    OpenGL); benchmarks/bench_napari.py measures the gaps on larger stacks.
     """
     from qtpy.QtCore import QTimer
 
@@ -235,4 +236,5 @@ def test_stepping_frames_keeps_the_event_loop_responsive(viewer, tmp_path, qtbot
     timer.stop()
     gaps = np.diff(ticks)
     assert len(ticks) > 50
-    assert gaps.max() < 0.25, f"longest event-loop gap {gaps.max() * 1e3:.0f} ms"
+    assert np.percentile(gaps, 95) < 0.1, f"95th percentile gap {np.percentile(gaps, 95) * 1e3:.0f} ms"
+    assert gaps.max() < 0.5, f"longest event-loop gap {gaps.max() * 1e3:.0f} ms"
