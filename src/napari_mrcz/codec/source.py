@@ -115,7 +115,8 @@ def _open_mrc(path: str) -> ImageSource:
                    axis_labels=["z", "y", "x"])
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
-    cache = FrameCache(lambda i, background: stack.read(i, i + 1, n_threads=1 if background else None)[0],
+    # One decoder thread per frame: the viewer's own drawing needs the other core.
+    cache = FrameCache(lambda i, background: stack.read(i, i + 1, n_threads=1)[0],
                        nz, ny * nx * h.dtype.itemsize)
     return ImageSource(cache=cache, **spatial, **common)
 
