@@ -25,7 +25,6 @@ from .atomic import atomic_write
 from .errors import MRCFileError
 from .header import (
     HEADER_BYTES,
-    MODE_COMPLEX_INT16,
     MODE_UINT4,
     MRC_COMP_RATIO,
     REVERSE_CCPEM_ENUM,
@@ -477,13 +476,16 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
         nz, ny, nx = h.shape
         if sections.shape[1:] != (ny, nx):
             raise ValueError(f"{path}: sections are {sections.shape[1:]}, the file holds {(ny, nx)}")
+        if h.is_packed:
+            raise ValueError(f"{path}: cannot write into a packed mode-{h.mode} file with idx")
         idx = idx + nz if idx < 0 else idx
         count = sections.shape[0]
         if h.is_compressed:
             if idx != nz:
                 raise ValueError(f"{path}: a compressed file can only be appended to "
                                  f"(idx={nz}), not written at idx={idx}")
-            end = stack.chunk_span(nz - 1)[0] + stack.chunk_span(nz - 1)[1]
+            last_offset, last_bytes, _ = stack.chunk_span(nz - 1)
+            end = last_offset + last_bytes
             fmt_backend = "blosc2" if stack.blosc_format == 2 else "blosc1"
             nthreads = blosc_chunks.threads(n_threads)
             compress = blosc_chunks.Compressor(h.compressor, clevel, h.file_dtype.itemsize,
@@ -493,8 +495,6 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
         else:
             end = h.data_offset + idx * h.section_nbytes
             compress = None
-        if h.mode % MRC_COMP_RATIO in (MODE_COMPLEX_INT16, MODE_UINT4):
-            raise ValueError(f"{path}: cannot write into a packed mode-{h.mode} file with idx")
         old_size = stack.size_on_disk
         saved_end = min(old_size, h.data_offset + min(nz, idx + count) * h.section_nbytes)
         with open(path, "rb") as f:
