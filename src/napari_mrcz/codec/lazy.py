@@ -193,6 +193,10 @@ class LazyStack:
         if isinstance(first, (int, np.integer)):
             return np.asarray(self.frame(int(first))[rest] if rest else self.frame(int(first)))
         frames = np.arange(self.shape[0])[first]
+        if isinstance(first, slice) and frames.size == 1:
+            # napari asks for data[k:k + 1, ...]: a view of the cached frame, no copy
+            out = self.frame(int(frames[0]))[None]
+            return out[(slice(None), *rest)] if rest else out
         out = np.empty((len(frames), *self.frame_shape), dtype=self.dtype)
         for k, i in enumerate(frames):
             out[k] = self.frame(int(i))
