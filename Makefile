@@ -14,11 +14,11 @@ demo:
 
 test:
 	scripts/setup.sh test
-	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks scripts
 	$(XVFB) .venv/bin/python -m pytest
 
 lint:
-	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks scripts
 
 bench:
 	scripts/setup.sh bench

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    """Write docs/img/demo.png and docs/img/widget.png; returns an exit code."""
     import napari
     from qtpy.QtWidgets import QApplication
 
