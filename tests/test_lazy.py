@@ -19,7 +19,8 @@ def counting(data: np.ndarray):
     calls: list[tuple[int, bool]] = []
     lock = threading.Lock()
 
-    def read(i: int, background: bool) -> np.ndarray:
+    def read(i: int) -> np.ndarray:
+        background = threading.current_thread() is not threading.main_thread()
         with lock:
             calls.append((i, background))
         return data[i].copy()

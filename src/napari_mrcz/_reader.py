@@ -24,7 +24,8 @@ threading.Thread(target=warm, name="mrcz-warm", daemon=True).start()
 
 SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".rec", ".ali", ".preali", ".mrcz", ".dm3", ".dm4",
             ".mrc.gz", ".map.gz", ".mrcs.gz", ".mrc.bz2", ".map.bz2", ".mrcs.bz2")
-_NAPARI_UNITS = {"": "pixel", "A": "angstrom", "Å": "angstrom", "nm": "nanometer", "um": "micrometer",
+#: Unit spellings of files -> names napari's units (pint) understand.
+NAPARI_UNITS = {"": "pixel", "A": "angstrom", "Å": "angstrom", "nm": "nanometer", "um": "micrometer",
                  "µm": "micrometer", "μm": "micrometer", "pm": "picometer"}
 
 LayerData = tuple[Any, dict, str]
@@ -49,7 +50,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
 
 def _units(units: list[str]) -> list[str]:
     """Unit names napari (pint) understands; DM's free-text units ('counts', '1/nm ' ...) become pixels."""
-    return [_NAPARI_UNITS.get(u.strip(), "pixel" if not u.strip().isalpha() else u.strip())
+    return [NAPARI_UNITS.get(u.strip(), "pixel" if not u.strip().isalpha() else u.strip())
             for u in units]
 
 
@@ -92,7 +93,7 @@ def layer_data(source: ImageSource) -> list[LayerData]:
         variants = [(f"{name} [channel {c}]",
                      LazyStack(source.cache, source.shape[1:], source.dtype, index=lambda i, c=c: i * s + c,
                                n=n), None) for c in range(s)]
-        base["scale"], base["units"] = [scale[0] * s, *scale[1:]], base["units"]
+        base["scale"] = [scale[0] * s, *scale[1:]]
     if np.dtype(source.dtype).kind == "c":
         real = np.float32 if np.dtype(source.dtype).itemsize == 8 else np.float64
         complex_variants = []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 
+from ._reader import NAPARI_UNITS
 from ._writer import DEFAULT_CLEVEL, DEFAULT_COMPRESSOR, save_layer
 from .codec.source import LENGTH_UNITS, convert_length, length_unit
 
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 COMPRESSORS = ["none", "lz4", "lz4hc", "zstd", "zlib", "blosclz"]
 UNITS = list(LENGTH_UNITS)
-_NAPARI_LENGTH = {"Å": "angstrom", "nm": "nanometer", "µm": "micrometer", "pm": "picometer"}
 
 
 def _human(nbytes: float) -> str:
@@ -159,7 +159,7 @@ class MRCZWidget(Container):
         spatial = size[-min(3, len(scale)):] if len(scale) >= 3 else size[-2:]
         scale[-len(spatial):] = spatial
         units = list(self.layer.units)
-        units[-len(spatial):] = [_NAPARI_LENGTH[unit]] * len(spatial)
+        units[-len(spatial):] = [NAPARI_UNITS[unit]] * len(spatial)
         self._syncing = True
         try:
             self.layer.units = units
@@ -194,11 +194,6 @@ class MRCZWidget(Container):
 
         layer = self.layer
         attributes = {"scale": list(layer.scale), "metadata": layer.metadata, "rgb": layer.rgb}
-        meta = dict(self.mrcz())
-        meta.setdefault("compressor", DEFAULT_COMPRESSOR)
-        if meta["compressor"] is None:
-            meta["compressor"] = DEFAULT_COMPRESSOR
-        attributes["metadata"] = {**layer.metadata, "mrcz": meta}
         worker = create_worker(save_layer, path, layer.data, attributes, True, _start_thread=False)
         worker.start()
         return worker

@@ -23,6 +23,7 @@ import numpy as np
 from .dm_tags import ArrayRef, TagParser
 from .errors import MRCFileError, TruncatedFileError
 from .header import float32_value
+from .stack import pread_into
 
 logger = logging.getLogger("napari_mrcz.codec")
 
@@ -77,6 +78,11 @@ class DMImage:
     def is_rgb(self) -> bool:
         """Whether the image is RGB(A) (a trailing axis of 4 channels)."""
         return self.data_type in RGBA_TYPES
+
+    @property
+    def is_fft(self) -> bool:
+        """Whether the data is a packed or half-plane FFT, decoded only as a whole."""
+        return self.data_type == PACKED_COMPLEX or self.data_type in HALF_COMPLEX
 
 
 def _as_list(value: Any) -> list:
@@ -192,11 +198,11 @@ class DMFile:
                 f"the Data tag holds {data.nbytes}")
         if data_type == PACKED_COMPLEX and (len(shape) != 2 or shape[0] != shape[1] or shape[0] % 2):
             raise MRCFileError(self.path, f"{where}: packed-complex data must be 2N x 2N, not {shape}")
-        cals = _as_list((info.get("Calibrations") or {}).get("Dimension")) if isinstance(
-            info.get("Calibrations"), dict) else []
+        calibrations = info.get("Calibrations")
+        calibrations = calibrations if isinstance(calibrations, dict) else {}
+        cals = _as_list(calibrations.get("Dimension"))
         axes = [_axis(size, cals[k] if k < len(cals) else None) for k, size in enumerate(dims)][::-1]
-        brightness = (info.get("Calibrations") or {}).get("Brightness") if isinstance(
-            info.get("Calibrations"), dict) else None
+        brightness = calibrations.get("Brightness")
         if data_type in RGBA_TYPES:
             dtype, shape = np.dtype("u1"), (*shape, 4)
         elif data_type == BOOL:
@@ -239,7 +245,7 @@ class DMFile:
         """
         im = self._image_of(image)
         shape = im.shape[:-1] if im.is_rgb else im.shape
-        if im.data_type in HALF_COMPLEX or im.data_type == PACKED_COMPLEX or len(shape) == 1:
+        if im.is_fft or len(shape) == 1:
             start, stop = 0, None
         nz = shape[0]
         stop = nz if stop is None else stop
@@ -248,19 +254,16 @@ class DMFile:
         per_frame = im.data.nbytes // nz
         raw = np.empty(((stop - start) * per_frame) // im.stored_dtype.itemsize, dtype=im.stored_dtype)
         view = memoryview(raw.view(np.uint8))
-        offset, done = im.data.offset + start * per_frame, 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise TruncatedFileError(
-                    self.path, f"image {im.index}: data ends early at byte {offset + done}")
-            done += got
+        offset = im.data.offset + start * per_frame
+        done = pread_into(self.fd, view, offset)
+        if done < len(view):
+            raise TruncatedFileError(self.path, f"image {im.index}: data ends early at byte {offset + done}")
         return _decode(im, raw, stop - start)
 
     def memmap(self, image: DMImage | int | None = None) -> np.ndarray:
         """A read-only memory map of an image's data (plain numeric types; others are read)."""
         im = self._image_of(image)
-        if im.data_type in RGBA_TYPES or im.data_type in HALF_COMPLEX or im.data_type == PACKED_COMPLEX:
+        if im.is_rgb or im.is_fft:
             return self.read(im)
         mapped = np.memmap(self.path, dtype=im.stored_dtype, mode="r", offset=im.data.offset, shape=im.shape)
         return mapped.view(bool) if im.data_type == BOOL else mapped
@@ -268,8 +271,7 @@ class DMFile:
 
 def _decode(im: DMImage, raw: np.ndarray, frames: int) -> np.ndarray:
     """Turn stored samples into the image's decoded array."""
-    shape = (frames, *im.shape[1:]) if len(im.shape) > 1 and not (
-        im.data_type in HALF_COMPLEX or im.data_type == PACKED_COMPLEX) else im.shape
+    shape = (frames, *im.shape[1:]) if len(im.shape) > 1 and not im.is_fft else im.shape
     if im.data_type in RGBA_TYPES:  # stored as B, G, R, A bytes of a little-endian word
         return raw.view(np.uint8).reshape(shape)[..., [2, 1, 0, 3]]
     if im.data_type == BOOL:

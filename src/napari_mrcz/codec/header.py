@@ -178,13 +178,18 @@ class MRCHeader:
         nz, ny, nx = self.shape
         if self.mode == MODE_UINT4:
             return ny * ((nx + 1) // 2)
-        parts = 2 if self.dtype.kind == "c" and self.file_dtype.kind == "i" else 1
+        parts = 2 if self.is_complex_int16 else 1
         return ny * nx * parts * self.file_dtype.itemsize
+
+    @property
+    def is_complex_int16(self) -> bool:
+        """Whether samples are (real, imaginary) int16 pairs, mode 3, decoded to complex64."""
+        return self.dtype.kind == "c" and self.file_dtype.kind == "i"
 
     @property
     def is_packed(self) -> bool:
         """Whether samples need unpacking: 4-bit (mode 101) or complex int16 (mode 3)."""
-        return self.mode == MODE_UINT4 or (self.dtype.kind == "c" and self.file_dtype.kind == "i")
+        return self.mode == MODE_UINT4 or self.is_complex_int16
 
     @property
     def is_compressed(self) -> bool:

@@ -37,8 +37,7 @@ class FrameCache:
     Parameters
     ----------
     read
-        ``read(i, background) -> ndarray``: decodes frame ``i`` (thread-safe);
-        ``background`` is true for prefetching, which should use one thread.
+        ``read(i) -> ndarray``: decodes frame ``i`` (must be thread-safe).
     n
         Number of frames.
     frame_nbytes
@@ -47,7 +46,7 @@ class FrameCache:
         How many frames ahead, in the direction of travel, to decode in the background.
     """
 
-    def __init__(self, read: Callable[[int, bool], np.ndarray], n: int, frame_nbytes: int,
+    def __init__(self, read: Callable[[int], np.ndarray], n: int, frame_nbytes: int,
                  prefetch: int = 2) -> None:
         self._read, self.n, self.prefetch = read, n, prefetch
         self.capacity = max(4, _CACHE_BYTES // max(frame_nbytes, 1))
@@ -73,13 +72,13 @@ class FrameCache:
             else:
                 if pending is not None:
                     pending.cancel()
-                frame = self._load(i, False)
+                frame = self._load(i)
                 self.misses += 1
         self._schedule(i)
         return frame
 
-    def _load(self, i: int, background: bool) -> np.ndarray:
-        frame = self._read(i, background)
+    def _load(self, i: int) -> np.ndarray:
+        frame = self._read(i)
         frame.setflags(write=False)
         with self._lock:
             self._frames[i] = frame
@@ -107,7 +106,7 @@ class FrameCache:
 
     def _quiet_load(self, j: int) -> np.ndarray | None:
         try:
-            return self._load(j, True)
+            return self._load(j)
         except Exception:  # a damaged frame is reported when it is asked for, not here
             with self._lock:
                 self._pending.pop(j, None)

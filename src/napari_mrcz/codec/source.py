@@ -49,7 +49,6 @@ class ImageSource:
     """
 
     path: str
-    kind: str
     shape: tuple[int, ...]
     dtype: np.dtype
     scale: list[float]
@@ -103,7 +102,7 @@ def _open_mrc(path: str) -> ImageSource:
         "slices": h.slices,
     }
     pz, py, px = mrcz["pixelsize"]
-    common = dict(path=path, kind=mrcz["format"], dtype=h.dtype, mrcz=mrcz, slices=h.slices,
+    common = dict(path=path, dtype=h.dtype, mrcz=mrcz, slices=h.slices,
                   stats=stats, handle=stack)
     # Plain data is memory-mapped: the OS pages frames in, nothing is copied.
     mapped = stack.memmap() if not h.is_compressed else None
@@ -116,7 +115,7 @@ def _open_mrc(path: str) -> ImageSource:
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
     # One decoder thread per frame: the viewer's own drawing needs the other core.
-    cache = FrameCache(lambda i, background: stack.read(i, i + 1, n_threads=1)[0],
+    cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0],
                        nz, ny * nx * h.dtype.itemsize)
     return ImageSource(cache=cache, **spatial, **common)
 
@@ -128,8 +127,7 @@ def _open_dm(path: str) -> ImageSource:
     axes = image.axes
     tags = image.tags
     micro = tags.get("Microscope Info", {}) if isinstance(tags.get("Microscope Info"), dict) else {}
-    lengths = [length_unit(a.units) for a in axes[-2:]]
-    unit = lengths[-1] or "Å"
+    unit = length_unit(axes[-1].units) or "Å"
     voltage = micro.get("Voltage")
     mrcz = {
         "source": path, "format": f"DM{dm.version}",
@@ -141,7 +139,7 @@ def _open_dm(path: str) -> ImageSource:
         "axes": [{"scale": a.scale, "offset": a.offset, "units": a.units} for a in axes], "slices": 0,
     }
     labels = ["z", "y", "x"][-len(axes):] if len(axes) <= 3 else [f"d{k}" for k in range(len(axes))]
-    common = dict(path=path, kind=mrcz["format"], dtype=image.dtype, mrcz=mrcz, rgb=image.is_rgb,
+    common = dict(path=path, dtype=image.dtype, mrcz=mrcz, rgb=image.is_rgb,
                   scale=[a.scale for a in axes], units=[a.units for a in axes], axis_labels=labels,
                   handle=dm)
     # memmap() maps plain numeric data (any size opens at once) and decodes the rest.

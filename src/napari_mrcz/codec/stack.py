@@ -30,6 +30,17 @@ from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, parse_header
 _READ_PIECE = 1 << 24
 
 
+def pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    """Fill ``buf`` from byte ``offset`` of ``fd``; returns the bytes read (short only at EOF)."""
+    done, total = 0, len(buf)
+    while done < total:
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
+
+
 class _FileSource:
     """Positioned reads from a file on disk, and zero-copy views of its chunks.
 
@@ -52,13 +63,7 @@ class _FileSource:
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset``; returns the bytes read (short at EOF)."""
-        done, total = 0, len(buf)
-        while done < total:
-            got = os.preadv(self.fd, [buf[done:]], offset + done)
-            if got <= 0:
-                break
-            done += got
-        return done
+        return pread_into(self.fd, buf, offset)
 
     @contextlib.contextmanager
     def view(self, offset: int, n: int) -> Iterator[memoryview]:
