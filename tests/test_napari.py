@@ -177,9 +177,8 @@ def test_widget_edits_reach_metadata_scale_and_the_saved_file(viewer, widget, tm
     assert list(layer.scale) == pytest.approx([0.3, 0.15, 0.2])
     assert str(layer.units[-1]) == "nanometer"
     out = tmp_path / "edited.mrcz"
-    worker = w.save_as(str(out))
-    with qtbot.waitSignal(worker.finished, timeout=30000):
-        pass
+    w.save_as(str(out))
+    qtbot.waitUntil(lambda: not w.busy, timeout=30000)
     image, saved = mrcz.readMRC(str(out))
     np.testing.assert_array_equal(image, data)
     assert saved["compressor"] == "lz4hc"
@@ -187,22 +186,49 @@ def test_widget_edits_reach_metadata_scale_and_the_saved_file(viewer, widget, tm
     assert (saved["voltage"], saved["C3"], saved["gain"]) == pytest.approx((200.0, 1.4, 0.8))
 
 
-def test_load_into_memory_and_cancel(viewer, tmp_path, qtbot):
+def _loaded_widget(viewer, tmp_path):
     data = samples.movie(nframes=12, size=256)
     path = tmp_path / "m.mrcz"
     codec.writeMRC(data, path, compressor="zstd")
     (layer,) = viewer.open(str(path), plugin=PLUGIN)
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
-    worker = w.load_into_memory()
-    worker.quit()
-    with qtbot.waitSignal(worker.finished, timeout=30000):
-        pass
+    return layer, w, data
+
+
+def test_load_into_memory_and_cancel(viewer, tmp_path, qtbot):
+    layer, w, data = _loaded_widget(viewer, tmp_path)
+    w.load_into_memory()
+    assert w.busy and not w.cancel_button.native.isHidden()
+    w.cancel_loading()
+    qtbot.waitUntil(lambda: not w.busy, timeout=30000)
     assert isinstance(layer.data, LazyStack), "a cancelled load leaves the layer lazy"
-    worker = w.load_into_memory()
-    with qtbot.waitSignal(worker.finished, timeout=30000):
-        pass
+    assert w.cancel_button.native.isHidden()
+    w.load_into_memory()
+    qtbot.waitUntil(lambda: not w.busy, timeout=30000)
     assert isinstance(layer.data, np.ndarray)
     np.testing.assert_array_equal(layer.data, data)
+    assert "ratio" in w.summary.value
+
+
+def test_a_cancel_after_the_decode_finished_still_wins(viewer, tmp_path, qtbot):
+    """The user clicks Cancel while the finished load's result waits in the event queue."""
+    from qtpy.QtCore import QThreadPool
+
+    layer, w, _ = _loaded_widget(viewer, tmp_path)
+    w.load_into_memory()
+    assert QThreadPool.globalInstance().waitForDone(30000), "the decode thread finished"
+    w.cancel_loading()
+    qtbot.waitUntil(lambda: not w.busy, timeout=30000)
+    assert isinstance(layer.data, LazyStack)
+
+
+def test_removing_the_layer_cancels_its_load(viewer, tmp_path, qtbot):
+    layer, w, _ = _loaded_widget(viewer, tmp_path)
+    w.load_into_memory()
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: not w.busy, timeout=30000)
+    assert isinstance(layer.data, LazyStack)
+    assert w.layer is None and not w.compressor.enabled
 
 
 def test_sample_data(viewer):

@@ -48,7 +48,10 @@ class MRCZWidget(Container):
         self.viewer = viewer
         self.layer: Any = None
         self._syncing = False
-        self._worker: Any = None
+        self._load: Any = None  # the running "Load into memory" worker, and its layer
+        self._load_layer: Any = None
+        self._load_cancelled = False
+        self._saves: set[Any] = set()  # running "Save as MRCZ…" workers
         self.layer_name = Label(label="Layer", value="(select an image layer)")
         self.compressor = ComboBox(label="Compressor", choices=COMPRESSORS, value=DEFAULT_COMPRESSOR)
         self.clevel = SpinBox(label="clevel", min=1, max=9, value=DEFAULT_CLEVEL)
@@ -75,6 +78,7 @@ class MRCZWidget(Container):
         self.load_button.changed.connect(lambda *_: self.load_into_memory())
         self.cancel_button.changed.connect(lambda *_: self.cancel_loading())
         viewer.layers.selection.events.active.connect(self._follow)
+        viewer.layers.events.removed.connect(self._layer_removed)
         self._follow()
 
     # -- following the selected layer -----------------------------------------
@@ -188,21 +192,39 @@ class MRCZWidget(Container):
         if path:
             self.save_as(path)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a load or save started here is still running (its end not yet handled)."""
+        return self._load is not None or bool(self._saves)
+
     def save_as(self, path: str) -> Any:
-        """Save the selected layer as MRCZ in a worker thread; returns the started worker."""
+        """Save the selected layer as MRCZ in a worker thread; returns the started worker.
+
+        :attr:`busy` stays true until the worker's end has been handled here.
+        """
         from napari.qt.threading import create_worker
 
         layer = self.layer
         attributes = {"scale": list(layer.scale), "metadata": layer.metadata, "rgb": layer.rgb}
         worker = create_worker(save_layer, path, layer.data, attributes, True, _start_thread=False)
+        self._saves.add(worker)
+        worker.finished.connect(lambda: self._saves.discard(worker))
         worker.start()
         return worker
 
     def load_into_memory(self) -> Any:
-        """Decode the whole stack in a worker thread (with a progress bar); returns the worker."""
+        """Decode the whole stack in a worker thread (with a progress bar); returns the worker.
+
+        The layer's data is replaced in the main thread once the worker has
+        returned, unless :meth:`cancel_loading` was called before: a cancel is
+        never lost, however late in the load it comes. While a load runs,
+        calling this again returns the running worker.
+        """
         from napari.qt.threading import create_worker
 
         layer = self.layer
+        if self._load is not None:
+            return self._load
         if layer is None or (isinstance(layer.data, np.ndarray) and not isinstance(layer.data, np.memmap)):
             return None
         data = layer.data
@@ -218,18 +240,31 @@ class MRCZWidget(Container):
         worker = create_worker(decode, _progress={"total": n, "desc": f"Loading {layer.name}"},
                                _start_thread=False)
 
-        def done(array: np.ndarray) -> None:
-            layer.data = array
-            self._summarise()
+        def loaded(array: np.ndarray) -> None:
+            if self._load is worker and not self._load_cancelled:
+                layer.data = array
+                if layer == self.layer:  # napari hands plugins proxies: compare, not `is`
+                    self._summarise()
 
-        worker.returned.connect(done)
-        worker.finished.connect(lambda: setattr(self.cancel_button, "visible", False))
+        def ended() -> None:
+            if self._load is worker:
+                self._load = self._load_layer = None
+                self.cancel_button.visible = False
+
+        worker.returned.connect(loaded)
+        worker.finished.connect(ended)
+        self._load, self._load_layer, self._load_cancelled = worker, layer, False
         self.cancel_button.visible = True
-        self._worker = worker
         worker.start()
         return worker
 
     def cancel_loading(self) -> None:
         """Stop a running "Load into memory"; the layer stays lazy."""
-        if self._worker is not None:
-            self._worker.quit()
+        if self._load is not None:
+            self._load_cancelled = True
+            self._load.quit()
+
+    def _layer_removed(self, event: Any) -> None:
+        """Removing the layer being loaded cancels its load: nothing would show the result."""
+        if self._load is not None and event.value == self._load_layer:
+            self.cancel_loading()
