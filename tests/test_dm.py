@@ -56,10 +56,8 @@ def test_read_dm4_matches_python_mrcz(name):
     assert len(ours.im) == len(theirs.im)
     mine, ref = ours.im[-1], theirs.im[-1]
     np.testing.assert_array_equal(mine.shape, ref.shape)
-    if mine.imageData.ndim >= 3 or mine.imageData.ndim < 2:
-        np.testing.assert_array_equal(mine.imageData, ref.imageData.reshape(mine.imageData.shape))
-    else:  # python-mrcz's [:, ::-1] flips x of a 2D image; we flip y, as its docs say
-        np.testing.assert_array_equal(mine.imageData[::-1, ::-1], ref.imageData.reshape(mine.shape))
+    # the same orientation: python-mrcz's [:, ::-1] flips x of a 2D image, y of a 3D stack
+    np.testing.assert_array_equal(mine.imageData, ref.imageData.reshape(mine.imageData.shape))
     for key, value in ref.imageInfo.items():
         got = mine.imageInfo[key]
         if isinstance(value, (float, np.floating)):
@@ -71,7 +69,7 @@ def test_read_dm4_matches_python_mrcz(name):
             assert got == "", key
 
 
-def test_read_dm4_flips_y_as_a_view_and_closes_the_file():
+def test_read_dm4_flips_the_second_axis_as_a_view_and_closes_the_file():
     path = data_path("dm", "ncempy_dmTest_3D_int16_64-65-66.dm4")
     before = sorted(os.listdir("/proc/self/fd"))
     dm = codec.readDM4(path)
@@ -84,6 +82,60 @@ def test_read_dm4_flips_y_as_a_view_and_closes_the_file():
     assert dm.im[1].imageInfo["DimZScale"] == pytest.approx(4.0)
     future = codec.asyncReadDM4(path)
     assert len(future.result(timeout=60).im) == 2
+
+
+LAYOUTS = {  # name: (data as DMFile returns it, image_entry keyword arguments)
+    "1D spectrum": ((9,), {}), "1D RGB": ((7, 4), {"rgb": True}), "2D": ((4, 6), {}),
+    "2D RGB": ((5, 3, 4), {"rgb": True}), "3D stack": ((2, 3, 4), {}),
+    "3D RGB": ((2, 3, 4, 4), {"rgb": True}),
+    "4D spectrum image": ((2, 3, 4, 5), {}),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_read_dm4_opens_every_layout(tmp_path, rng, layout):
+    """python-mrcz reverses the second axis of what DMFile reads (x of an image, y of a stack).
+
+    Spectra have no second axis and stay as they are; the RGB channel axis is never flipped.
+    """
+    shape, kwargs = LAYOUTS[layout]
+    data = (rng.integers(0, 256, size=shape).astype(np.uint8) if kwargs.get("rgb")
+            else make_stack(rng, "float32", shape=shape))
+    write_dm(tmp_path / "l.dm4", [image_entry(data, **kwargs)])
+    with DMFile(tmp_path / "l.dm4") as dm:
+        np.testing.assert_array_equal(dm.read(), data)
+    got = codec.readDM4(str(tmp_path / "l.dm4")).im[-1].imageData
+    spatial = data.ndim - bool(kwargs.get("rgb"))
+    np.testing.assert_array_equal(got, data[:, ::-1] if spatial >= 2 else data)
+
+
+@pytest.mark.parametrize("data_type,kwargs", [(27, {}), (5, {}), (3, {})], ids=["half FFT", "packed FFT",
+                                                                                    "complex64"])
+def test_read_dm4_opens_complex_and_fft_images(tmp_path, rng, data_type, kwargs):
+    full = np.fft.fft2(rng.normal(size=(8, 8))).astype(np.complex64)
+    stored = {27: np.ascontiguousarray(full[:, :5]), 5: rng.normal(size=64).astype(np.float32),
+              3: full}[data_type]
+    write_dm(tmp_path / "f.dm4", [image_entry(full, stored=stored, data_type=data_type)])
+    with DMFile(tmp_path / "f.dm4") as dm:
+        plain = dm.read()
+    got = codec.readDM4(str(tmp_path / "f.dm4")).im[-1].imageData
+    assert got.shape == (8, 8) and got.dtype == np.complex64
+    np.testing.assert_array_equal(got, plain[:, ::-1])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float32",
+                                   "float64", "complex64", "complex128"])
+def test_files_without_a_datatype_tag_take_the_data_arrays_type(tmp_path, rng, dtype):
+    """Only DigitalMicrograph is bound to write DataType; other writers' files still open."""
+    data = make_stack(rng, dtype, shape=(3, 4))
+    entry = image_entry(data)
+    del entry["ImageData"]["DataType"]
+    write_dm(tmp_path / "n.dm4", [entry])
+    with DMFile(tmp_path / "n.dm4") as dm:
+        got = dm.read()
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, data)
+    np.testing.assert_array_equal(codec.readDM4(str(tmp_path / "n.dm4")).im[-1].imageData, data[:, ::-1])
 
 
 DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64",

@@ -10,17 +10,21 @@ Modules: ``header`` (the MRC2014 header), ``blosc_chunks`` (one blosc chunk
 per z-section), ``stack`` (random access to z-sections), ``mrc`` (the
 python-mrcz functions), ``atomic`` (safe replacement of files), ``dm_tags``
 (the DM3/DM4 tag tree), ``dm`` (DigitalMicrograph images and python-mrcz's
-``readDM4``), ``errors``.
+``readDM4``), ``errors``; ``ioMRC`` and ``ioDM`` carry python-mrcz's module
+names for scripts that import them.
 """
 
 from __future__ import annotations
 
 from .._version import __version__
+from . import ioDM, ioMRC
 from .blosc_chunks import BLOSC2_PRESENT, BLOSC_PRESENT, CAN_COMPRESS
 from .dm import DMFile, DMImage, asyncReadDM4, readDM4
 from .errors import MRCFileError, TruncatedFileError
 from .header import COMPRESSOR_ENUM, REVERSE_CCPEM_ENUM, REVERSE_COMPRESSOR_ENUM
-from .mrc import (
+from .mrc import (  # noqa: F401 - python-mrcz exposes them too
+    _asyncExecutor,
+    _setAsyncWorkers,
     asyncReadMRC,
     asyncWriteMRC,
     defaultHeader,
@@ -46,7 +50,7 @@ async_read_dm4 = asyncReadDM4
 __all__ = [
     "BLOSC2_PRESENT", "BLOSC_PRESENT", "CAN_COMPRESS", "COMPRESSOR_ENUM", "DMFile", "DMImage",
     "MRCFileError",
-    "MRCStack", "REVERSE_CCPEM_ENUM", "REVERSE_COMPRESSOR_ENUM", "TruncatedFileError",
+    "MRCStack", "REVERSE_CCPEM_ENUM", "ioDM", "ioMRC", "REVERSE_COMPRESSOR_ENUM", "TruncatedFileError",
     "__version__", "asyncReadDM4", "asyncReadMRC", "asyncWriteMRC", "async_read_dm4",
     "async_read_mrc", "async_write_mrc", "defaultHeader", "default_header", "readDM4",
     "readMRC", "readMRCHeader", "read_dm4", "read_mrc", "read_mrc_header",

@@ -27,7 +27,9 @@ import numpy as np
 from .header import REVERSE_COMPRESSOR_ENUM
 
 BLOSC_PRESENT = True
-BLOSC2_PRESENT = importlib.util.find_spec("blosc2") is not None
+BLOSC2_INSTALLED = importlib.util.find_spec("blosc2") is not None
+#: Whether python-blosc2 may be used (python-mrcz's switch; see :func:`use_blosc2`).
+BLOSC2_PRESENT = BLOSC2_INSTALLED
 CAN_COMPRESS = BLOSC_PRESENT or BLOSC2_PRESENT
 
 CHUNK_HEADER_BYTES = 16
@@ -39,6 +41,8 @@ MAX_CHUNK_NBYTES = blosc.MAX_BUFFERSIZE
 BACKEND_BY_VERSION = {2: "blosc1", 5: "blosc2"}
 #: Compressors offered to users; blosc2-only ones need ``backend='blosc2'``.
 BLOSC1_CODECS = frozenset(blosc.compressor_list())
+#: Codecs c-blosc2 loads from a separately installed plugin package (blosc2-NAME).
+BLOSC2_PLUGIN_CODECS = frozenset({"openhtj2k", "grok", "openzl", "j2k", "htj2k"})
 
 blosc.set_releasegil(True)
 DEFAULT_N_THREADS = blosc.detect_number_of_cores()
@@ -46,13 +50,32 @@ _BLOSC_LOCK = threading.Lock()
 _blosc2: Any = None
 
 
+def use_blosc2(on: bool) -> None:
+    """Allow (``True``) or forbid (``False``) python-blosc2 for decoding and writing.
+
+    With it forbidden, version-2 chunks decode through python-blosc and
+    version-5 chunks cannot be read, as in python-mrcz with its
+    ``BLOSC2_PRESENT`` flag set to ``False``.
+
+    Raises
+    ------
+    ImportError
+        ``True`` while python-blosc2 is not installed.
+    """
+    global BLOSC2_PRESENT
+    if on and not BLOSC2_INSTALLED:
+        raise ImportError("python-blosc2 is not installed: pip install 'napari-mrcz[blosc2]'")
+    BLOSC2_PRESENT = bool(on)
+
+
 def _get_blosc2() -> Any:
     global _blosc2
+    if not BLOSC2_PRESENT:
+        raise ImportError(
+            "this needs python-blosc2, which is not installed: pip install 'napari-mrcz[blosc2]'"
+            if not BLOSC2_INSTALLED else "this needs python-blosc2, which is switched off "
+            "(ioMRC.BLOSC2_PRESENT = False)")
     if _blosc2 is None:
-        if not BLOSC2_PRESENT:
-            raise ImportError(
-                "this needs python-blosc2, which is not installed: "
-                "pip install 'napari-mrcz[blosc2]'")
         import blosc2
 
         blosc2.set_releasegil(True)
@@ -143,7 +166,7 @@ def resolve_backend(compressor: str | None, backend: str | None) -> str | None:
         raise ValueError(f"backend must be None, 'blosc1' or 'blosc2', got {backend!r}")
     if compressor not in REVERSE_COMPRESSOR_ENUM or compressor is None:
         known = sorted(n for n in REVERSE_COMPRESSOR_ENUM if n)
-        raise ValueError(f"unknown compressor {compressor!r}, expected one of {known}")
+        raise ValueError(f"Unknown compressor {compressor!r}, expected one of {known}")
     if backend == "blosc2":
         _get_blosc2()
         return "blosc2"
@@ -152,7 +175,7 @@ def resolve_backend(compressor: str | None, backend: str | None) -> str | None:
     if backend == "blosc1":
         raise ValueError(
             f"{compressor!r} is not available in c-blosc1 ({sorted(BLOSC1_CODECS)}); "
-            "use backend='blosc2'")
+            "this codec needs backend='blosc2'")
     _get_blosc2()
     return "blosc2"
 
@@ -224,7 +247,9 @@ class Compressor:
                                     filter=b2.Filter.BITSHUFFLE, typesize=self.typesize,
                                     blocksize=self.blocksize, nthreads=1)
             except RuntimeError as exc:
-                raise RuntimeError(f"blosc2 could not compress with {self.cname!r}: {exc}") from exc
+                hint = (f"; codec {self.cname!r} is a c-blosc2 plugin: install the "
+                        f"blosc2-{self.cname} package" if self.cname in BLOSC2_PLUGIN_CODECS else "")
+                raise RuntimeError(f"blosc2 could not compress with {self.cname!r}: {exc}{hint}") from exc
         return blosc.compress_ptr(section.ctypes.data, section.size, self.typesize,
                                   clevel=self.clevel, shuffle=blosc.BITSHUFFLE, cname=self.cname)
 
@@ -248,7 +273,7 @@ def decompress_into(chunk: Any, out: np.ndarray, version: int, n_threads: int) -
     RuntimeError
         blosc rejected the chunk (the caller adds the file name).
     """
-    if version != 2 or _blosc2 is not None:
+    if version != 2 or (_blosc2 is not None and BLOSC2_PRESENT):
         b2 = _get_blosc2()
         b2.set_nthreads(n_threads)
         b2.decompress(chunk, dst=out.reshape(-1).view(np.uint8))

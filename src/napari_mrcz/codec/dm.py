@@ -7,7 +7,8 @@ never read when the file is opened; :meth:`DMFile.read` fetches any range of
 frames with positioned reads, and :meth:`DMFile.memmap` maps the data.
 
 :class:`readDM4` is python-mrcz 0.6.0's class on top of it, with its
-``imageInfo`` keys and its orientation (y flipped to the MRC origin, as a view).
+``imageInfo`` keys and its orientation: python-mrcz reverses the second axis
+(x of a 2D image, y of a 3D stack), and so do we, as a view.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ DM_DATA_TYPES = {
     1: "i2", 2: "f4", 3: "c8", 5: "f4", 6: "u1", 7: "i4", 8: "u4", 9: "i1", 10: "u2", 11: "u4",
     12: "f8", 13: "c16", 14: "u1", 23: "u4", 27: "c8", 28: "c16", 39: "i8", 40: "u8",
 }
+#: The data type an image without a DataType tag has, from its Data array's element type.
+_DATA_TYPE_OF_ELEMENT = {"i2": 1, "f4": 2, "u1": 6, "i4": 7, "i1": 9, "u2": 10, "u4": 11, "f8": 12,
+                         "i8": 39, "u8": 40}
 RGBA_TYPES = (8, 23)
 PACKED_COMPLEX = 5
 HALF_COMPLEX = (27, 28)
@@ -83,6 +87,16 @@ class DMImage:
     def is_fft(self) -> bool:
         """Whether the data is a packed or half-plane FFT, decoded only as a whole."""
         return self.data_type == PACKED_COMPLEX or self.data_type in HALF_COMPLEX
+
+
+def _data_type_of(element: np.dtype) -> int | None:
+    """The DM data type of samples stored as ``element`` (complex: a {real, imaginary} struct)."""
+    if element.names:
+        parts = {element.fields[name][0].str[1:] for name in element.names}
+        if len(element.names) == 2 and parts in ({"f4"}, {"f8"}):
+            return 3 if parts == {"f4"} else 13
+        return None
+    return _DATA_TYPE_OF_ELEMENT.get(element.str[1:])
 
 
 def _as_list(value: Any) -> list:
@@ -178,9 +192,16 @@ class DMFile:
         info = entry["ImageData"]
         where = f"image {index}"
         data, data_type = info.get("Data"), info.get("DataType")
-        dims = [int(d) for d in _as_list(info.get("Dimensions"))]
-        if not isinstance(data, ArrayRef) or not isinstance(data_type, int) or not dims:
-            raise MRCFileError(self.path, f"{where}: no image data, data type or dimensions in its tags")
+        dims = [int(d) for d in _as_list(info.get("Dimensions")) if isinstance(d, (int, float))]
+        if not isinstance(data, ArrayRef) or not dims:
+            raise MRCFileError(self.path, f"{where}: no image data or dimensions in its tags")
+        if not isinstance(data_type, int):
+            # Only DigitalMicrograph is bound to write DataType: other writers' files
+            # say the sample type through the Data array's element type alone.
+            data_type = _data_type_of(data.dtype)
+            if data_type is None:
+                raise MRCFileError(self.path, f"{where}: no DataType tag, and Data holds {data.dtype} "
+                                              "elements, which are not image samples")
         if data_type not in DM_DATA_TYPES:
             raise MRCFileError(self.path,
                                f"{where}: DigitalMicrograph data type {data_type} is not supported")
@@ -395,10 +416,11 @@ def _image_info(im: DMImage) -> dict:
 class readDM4:  # noqa: N801 - python-mrcz's public name
     """python-mrcz's DM3/DM4 reader: ``.im`` is the list of images in the file.
 
-    Each entry has ``imageData`` (read into memory, as python-mrcz does, and y
-    flipped to the MRC origin as a view; :class:`DMFile` serves large movies
-    frame by frame instead), ``imageInfo`` (calibrations, voltage, C3, flips, detector pixel
-    size ... under python-mrcz's keys) and ``shape``. The file is closed when
+    Each entry has ``imageData`` (read into memory with its second axis
+    reversed as a view, as python-mrcz does: x of a 2D image, y of a stack;
+    1D spectra are not flipped; :class:`DMFile` serves large movies frame by
+    frame, in file order, instead), ``imageInfo`` (calibrations, voltage, C3,
+    flips, detector pixel size ... under python-mrcz's keys) and ``shape``. The file is closed when
     the constructor returns. ``parseTag``, ``parseTagDir``, ``discardTag`` and
     ``retrieveTagData`` parse at the position of ``self.f`` when one is set.
 
@@ -419,8 +441,8 @@ class readDM4:  # noqa: N801 - python-mrcz's public name
             self.version = dm.version
             for image in dm.images:
                 data = dm.read(image)
-                if data.ndim >= 2:
-                    data = data[..., ::-1, :] if not image.is_rgb else data[..., ::-1, :, :]
+                if data.ndim - image.is_rgb >= 2:  # python-mrcz reverses its second axis, as a view
+                    data = data[:, ::-1]
                 if verbose:
                     logger.info("DM image %d %s %s at byte %d", image.index, image.shape, image.dtype,
                                 image.data.offset)

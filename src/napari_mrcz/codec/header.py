@@ -300,7 +300,7 @@ def parse_header(
 
     cid, base = divmod(mode, MRC_COMP_RATIO) if mode >= 0 else (0, mode)
     if cid not in COMPRESSOR_ENUM:
-        raise not_mrc(f"unknown MRCZ compressor id {cid} in mode {mode}")
+        raise not_mrc(f"unrecognized MRCZ compressor id = {cid} in mode {mode}")
     convention = fileConvention.lower()
     if convention == "ccpem":
         table = CCPEM_ENUM

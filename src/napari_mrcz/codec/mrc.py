@@ -152,6 +152,21 @@ def readMRCHeader(MRCfilename: str | os.PathLike, slices: int | None = None, end
         return stack.meta(pixelunits), stack.header.slices
 
 
+def _setAsyncWorkers(N_workers: int) -> None:
+    """Set how many background threads serve the async functions (python-mrcz's; default 1).
+
+    Parameters
+    ----------
+    N_workers
+        Number of threads, at least 1.
+
+    """
+    if N_workers <= 0:
+        raise ValueError("N_workers must be greater than 0")
+    _asyncExecutor._max_workers = int(N_workers)
+    _asyncExecutor._adjust_thread_count()
+
+
 def asyncReadMRC(*args: Any, **kwargs: Any) -> Future:
     """Run :func:`readMRC` in a background thread.
 
@@ -507,7 +522,10 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
         raw["nz"] = new_nz
         if h.is_compressed or h.written_by == "python-mrcz":
             raw["cella"][2] = h.pixelsize[0] * new_nz
-        elif int(raw["mz"]) == nz and nz > 1 or int(h.raw["ispg"]) == 1:
+        elif (int(raw["mz"]) == nz and nz > 1 or int(h.raw["ispg"]) == 1
+              or nz == 1 and sections.slices == 0):
+            # A volume grows in z; so does a single image that arrays are appended
+            # to, frame by frame: it reads back as one (n, ny, nx) array, as in python-mrcz.
             raw["mz"] = new_nz
             raw["cella"][2] = h.pixelsize[0] * new_nz
         raw["dmin"], raw["dmax"], raw["dmean"], raw["rms"] = 0.0, -1.0, -2.0, -1.0
