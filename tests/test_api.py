@@ -13,6 +13,8 @@ import pytest
 
 from napari_mrcz import codec
 
+from .conftest import make_stack
+
 SAME_SIGNATURE = ["readMRC", "writeMRC", "readMRCHeader", "writeMRCHeader", "defaultHeader",
                   "setDefaultThreads"]
 
@@ -126,3 +128,22 @@ def test_the_shipped_self_test_passes():
     result = _run("import sys\nfrom napari_mrcz import codec\nsys.exit(codec.test(verbosity=0))")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed" in result.stdout
+
+
+def test_blosc2_present_switch_is_read_at_every_call(tmp_path, rng):
+    """python-mrcz's ioMRC.BLOSC2_PRESENT: False decodes with c-blosc1 only, as there."""
+    from napari_mrcz.codec import ioMRC
+
+    data = make_stack(rng, "float32", shape=(3, 16, 12))
+    codec.writeMRC(data, tmp_path / "v2.mrcz", compressor="zstd")
+    codec.writeMRC(data, tmp_path / "v5.mrcz", compressor="zstd", backend="blosc2")
+    assert ioMRC.BLOSC2_PRESENT
+    try:
+        ioMRC.BLOSC2_PRESENT = False
+        assert not ioMRC.BLOSC2_PRESENT
+        np.testing.assert_array_equal(codec.readMRC(tmp_path / "v2.mrcz")[0], data)
+        with pytest.raises(codec.MRCFileError, match=r"v5\.mrcz.*python-blosc2.*switched off"):
+            codec.readMRC(tmp_path / "v5.mrcz")
+    finally:
+        ioMRC.BLOSC2_PRESENT = True
+    np.testing.assert_array_equal(codec.readMRC(tmp_path / "v5.mrcz")[0], data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import mrcfile
 import numpy as np
 import pytest
 
@@ -199,3 +200,22 @@ def test_exact_statistics_when_asked(tmp_path, rng):
     codec.writeMRC(data, tmp_path / "q.mrc")
     _, meta = codec.readMRC(tmp_path / "q.mrc")
     assert meta["maxImage"] < meta["minImage"], "quick stats are marked undetermined (MRC2014)"
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "float16", "float32", "int16"])
+def test_exact_statistics_are_what_mrcfile_computes(tmp_path, rng, dtype):
+    """The header statistics of each type are mrcfile's own, or marked undetermined."""
+    data = make_stack(rng, dtype, shape=(3, 30, 20))
+    codec.writeMRC(data, tmp_path / "s.mrc", quickStats=False)
+    with mrcfile.open(tmp_path / "s.mrc") as ours, mrcfile.new(tmp_path / "ref.mrc", data=data) as ref:
+        ref.update_header_stats()
+        mine, theirs = ours.header, ref.header
+        if dtype == "float16":  # checked in half precision, where the sum of squares overflows
+            assert mine.rms == -1 and not np.isfinite(data.std())
+        else:
+            assert mine.rms == pytest.approx(float(theirs.rms), rel=1e-5)
+        if dtype == "complex64":  # mrcfile leaves min, max and mean undetermined for complex data
+            assert (mine.dmin, mine.dmax, mine.dmean) == (0, -1, -2)
+        else:
+            assert (mine.dmin, mine.dmax) == (theirs.dmin, theirs.dmax)
+            assert mine.dmean == pytest.approx(float(data.mean(dtype=np.float64)), rel=1e-6)

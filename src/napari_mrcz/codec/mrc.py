@@ -272,23 +272,41 @@ def _json_bytes(meta: dict | None) -> bytes:
 
 
 class _Stats:
-    """Exact min, max, mean and RMS deviation, accumulated section by section."""
+    """Min, max, mean and RMS deviation, accumulated section by section, as MRC2014 readers check them.
 
-    def __init__(self) -> None:
-        self.n, self.total, self.squares = 0, 0.0, 0.0
+    Real data gets all four, exactly (float64 sums). Complex data gets the RMS
+    deviation of the complex values, sqrt(mean |x - mean|^2), and no
+    min/max/mean (marked undetermined): they have no order in float32 fields,
+    and this is what mrcfile writes and checks. float16 data gets min, max and
+    mean but RMS -1 (undetermined): readers check it in half precision, where
+    the sum of squares overflows for all but the smallest images.
+    """
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.complex = np.dtype(dtype).kind == "c"
+        self.half = np.dtype(dtype).kind == "f" and np.dtype(dtype).itemsize == 2
+        self.n, self.squares = 0, 0.0
+        self.total: complex = 0.0
         self.lo, self.hi = np.inf, -np.inf
 
     def add(self, section: np.ndarray) -> None:
-        values = section.real if np.iscomplexobj(section) else section
-        self.lo = min(self.lo, float(values.min()))
-        self.hi = max(self.hi, float(values.max()))
-        self.total += float(values.sum(dtype=np.float64))
-        self.squares += float(np.square(values, dtype=np.float64).sum())
-        self.n += values.size
+        if self.complex:
+            self.total += complex(section.sum(dtype=np.complex128))
+            self.squares += float(np.square(section.real, dtype=np.float64).sum()
+                                  + np.square(section.imag, dtype=np.float64).sum())
+        else:
+            self.lo = min(self.lo, float(section.min()))
+            self.hi = max(self.hi, float(section.max()))
+            self.total += float(section.sum(dtype=np.float64))
+            self.squares += float(np.square(section, dtype=np.float64).sum())
+        self.n += section.size
 
     def result(self) -> tuple[float, float, float, float]:
         mean = self.total / self.n
-        return self.lo, self.hi, mean, float(np.sqrt(max(self.squares / self.n - mean * mean, 0.0)))
+        rms = float(np.sqrt(max(self.squares / self.n - abs(mean) ** 2, 0.0)))
+        if self.complex:
+            return 0.0, -1.0, -2.0, rms
+        return self.lo, self.hi, float(mean.real), -1.0 if self.half else rms
 
 
 def _pack_uint4(section: np.ndarray) -> np.ndarray:
@@ -456,7 +474,7 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
         mode = base_mode
         layout = _plain_layout(nz, ny, nx, slices)
         compress = None
-    stats = None if quickStats else _Stats()
+    stats = None if quickStats else _Stats(file_dtype)
 
     def header(packed_bytes: int = 0) -> bytes:
         return build_header(

@@ -282,6 +282,9 @@ class MRCStack:
             raise MRCFileError(self.path, f"z-section {i}: damaged blosc chunk ({problem})")
         try:
             blosc_chunks.decompress_into(chunk, out, version, n_threads)
+        except ImportError as exc:
+            raise MRCFileError(self.path, f"z-section {i}: its c-blosc2 (version {version}) chunk "
+                                          f"cannot be decoded: {exc}") from exc
         except blosc_chunks.DECODE_ERRORS as exc:
             raise MRCFileError(
                 self.path, f"z-section {i}: blosc cannot decompress its chunk ({exc})") from exc
