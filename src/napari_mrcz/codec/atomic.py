@@ -1,8 +1,11 @@
-"""Atomic file replacement: write a temporary file beside the target, then rename.
+"""Atomic, durable file replacement: write a temporary file beside the target, fsync, rename.
 
 A failure or an interrupt (``KeyboardInterrupt`` included) before the rename
-removes the temporary file and leaves any existing file untouched. Readers that
-hold the old file open (a lazily loaded napari layer) keep reading the old data.
+removes the temporary file and leaves any existing file untouched. The
+temporary file is fsync'ed before the rename and the folder after it, as
+databases do, so after a power cut the name holds either the old file or the
+whole new one, never an empty or partial file. Readers that hold the old
+file open (a lazily loaded napari layer) keep reading the old data.
 """
 
 from __future__ import annotations
@@ -45,8 +48,24 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         os.fchmod(fd, _new_file_mode(target))
         with os.fdopen(fd, "wb+", buffering=0) as f:
             yield f
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    fsync_folder(folder)
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename or a new file in ``folder`` durable (where the system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open a folder; NTFS journals the rename itself
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and network mounts) refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)

@@ -556,8 +556,10 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
             if compress is not None:
                 raw["packedBytes"] = int(h.raw["packedBytes"]) + writer.packed_bytes
                 f.truncate(f.tell())
+            os.fsync(f.fileno())  # the data is on disk before the header that points to it
             f.seek(0)
             f.write(raw.tobytes())
+            os.fsync(f.fileno())
         except BaseException:
             f.seek(end)
             f.write(saved)
