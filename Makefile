@@ -1,6 +1,8 @@
 # The two commands of the README. Each sets up .venv (and any missing Debian
 # packages) on first use.
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
+
+N ?= 200000
 
 XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
 
@@ -26,5 +28,9 @@ bench:
 	.venv/bin/python benchmarks/bench_dm.py
 	$(XVFB) .venv/bin/python benchmarks/bench_napari.py
 
+fuzz:
+	scripts/setup.sh test
+	.venv/bin/python -m tests.fuzzer --cases $(N) --seed random --keep fuzz-defects
+
 clean:
-	rm -rf .venv build dist demo-output .pytest_cache .ruff_cache
+	rm -rf .venv build dist demo-output .pytest_cache .ruff_cache fuzz-defects

@@ -18,6 +18,7 @@ import gzip
 import mmap
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,7 +99,7 @@ class _MemorySource:
             with opener(path, "rb") as f:
                 while piece := f.read(_READ_PIECE):
                     pieces.append(piece)
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
             raise MRCFileError(path, f"cannot decompress: {exc}") from exc
         self.data = memoryview(b"".join(pieces))
         self.size = len(self.data)
@@ -311,6 +312,10 @@ class MRCStack:
         nz, ny, nx = self.shape
         stop = nz if stop is None else stop
         self._check_range(start, stop)
+        if self.header.is_compressed and stop > start:
+            # Every chunk header states its decoded size: check them all before
+            # allocating what the file header claims (a hostile one claims terabytes).
+            self._index_to(stop - 1)
         if out is None:
             out = np.empty((stop - start, ny, nx), dtype=self.dtype)
         if stop == start:
@@ -318,7 +323,6 @@ class MRCStack:
         if not self.header.is_compressed:
             self._decode_plain(start, stop, out)
             return out
-        self._index_to(stop - 1)
         n_threads = blosc_chunks.threads(self.n_threads if n_threads is None else n_threads)
         if stop - start > 1:
             blosc_chunks.warm()  # the faster decoder pays for its import on a stack
