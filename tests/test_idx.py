@@ -87,9 +87,14 @@ def test_appending_frames_one_by_one_as_python_mrcz(tmp_path, rng):
     image, meta = codec.readMRC(path)
     np.testing.assert_array_equal(image, np.stack(frames))
     np.testing.assert_allclose(meta["pixelsize"][1:], [5.6, 3.4], rtol=1e-6)
-    theirs, _ = mrcz.readMRC(str(path))
-    assert isinstance(theirs, list) and isinstance(image, list), "both read a list of 2D frames"
-    np.testing.assert_array_equal(np.stack(theirs), np.stack(frames))
+    assert isinstance(image, np.ndarray) and image.shape == (3, 12, 10), "one array, as python-mrcz"
+    mrcz.writeMRC(frames[0], str(tmp_path / "theirs.mrcs"), pixelsize=[5.6, 3.4], idx=0)
+    for j, frame in enumerate(frames[1:], 1):
+        mrcz.writeMRC(frame, str(tmp_path / "theirs.mrcs"), pixelsize=[5.6, 3.4], idx=j)
+    reference, _ = mrcz.readMRC(str(tmp_path / "theirs.mrcs"))
+    assert isinstance(reference, np.ndarray) and reference.shape == image.shape
+    theirs, _ = mrcz.readMRC(str(path))  # python-mrcz takes MZ (= nz) for slices: one 3D frame
+    np.testing.assert_array_equal(np.reshape(theirs, image.shape), np.stack(frames))
 
 
 def test_overwriting_frames_in_place(tmp_path, rng):
