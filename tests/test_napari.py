@@ -27,14 +27,21 @@ BROKEN = {n for n in BROKEN if "must raise" in json.loads(
     (DATA / "mrc" / "quirks" / "expected.json").read_text())[n]}
 
 
+ANGSTROM = {"nm": 10.0, "um": 1e4, "µm": 1e4, "μm": 1e4, "pm": 0.01}
+
+
 def expected_data(path: str) -> tuple[np.ndarray, list[float]]:
-    """What the file holds, by the codec directly: data and the spatial scale."""
+    """What the file holds, by the codec directly: data and the scale of each axis, lengths in Å."""
     if path.endswith((".dm3", ".dm4")):
         with DMFile(path) as dm:
             image = dm.main_image
-            return dm.read(image), [a.scale for a in image.axes]
+            return dm.read(image), [a.scale * ANGSTROM.get(a.units, 1.0) for a in image.axes]
     image, meta = codec.readMRC(path, slices=0)
-    return image, [float(v) for v in meta["pixelsize"]]
+    scale = [float(v) for v in meta["pixelsize"]]
+    with codec.MRCStack(path) as stack:
+        if not stack.header.is_volume:
+            scale[0] = 1.0  # a stack's frame axis has no length
+    return image, scale
 
 
 @pytest.fixture
@@ -78,8 +85,9 @@ def test_open_every_shared_file(viewer, path):
     if meta.get("slices", 0) > 1:
         spatial[0] /= meta["slices"]
     np.testing.assert_allclose(spatial, scale[-len(spatial):], rtol=1e-6)
-    for key in ("pixelsize", "pixelunits", "voltage", "C3", "gain", "compressor", "meta"):
+    for key in ("format", "voltage", "C3", "gain", "compressor", "meta", "save", "stack"):
         assert key in meta
+    assert ("tags" if name.endswith((".dm3", ".dm4")) else "header") in meta
 
 
 def test_stacks_open_lazily_and_show_a_frame(viewer, tmp_path, qtbot):
@@ -130,7 +138,7 @@ def test_saving_over_the_file_a_layer_reads_keeps_the_layer_valid(viewer, tmp_pa
     path = tmp_path / "same.mrcz"
     codec.writeMRC(data, path, compressor="zstd", pixelsize=1.0)
     (layer,) = viewer.open(str(path), plugin=PLUGIN)
-    layer.metadata["mrcz"]["compressor"] = "lz4"
+    layer.metadata["mrcz"]["save"]["compressor"] = "lz4"
     layer.save(str(path), plugin=PLUGIN)
     np.testing.assert_array_equal(np.asarray(layer.data), data)
     image, meta = mrcz.readMRC(str(path))
@@ -169,8 +177,9 @@ def test_widget_edits_reach_metadata_scale_and_the_saved_file(viewer, widget, tm
     w.pixel_x.value = 2.0
     w.voltage.value, w.c3.value, w.gain.value = 200.0, 1.4, 0.8
     meta = layer.metadata["mrcz"]
-    assert (meta["compressor"], meta["clevel"], meta["voltage"], meta["C3"], meta["gain"]) == (
-        "lz4hc", 5, 200.0, pytest.approx(1.4), pytest.approx(0.8))
+    assert meta["save"] == {"compressor": "lz4hc", "clevel": 5}
+    assert meta["compressor"] == "zstd", "what the file is does not change"
+    assert (meta["voltage"], meta["C3"], meta["gain"]) == (200.0, pytest.approx(1.4), pytest.approx(0.8))
     assert list(layer.scale) == pytest.approx([3.0, 1.5, 2.0])
     w.units.value = "nm"
     assert (w.pixel_z.value, w.pixel_x.value) == pytest.approx((0.3, 0.2))

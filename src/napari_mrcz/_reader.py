@@ -49,9 +49,19 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
 
 
 def _units(units: list[str]) -> list[str]:
-    """Unit names napari (pint) understands; DM's free-text units ('counts', '1/nm ' ...) become pixels."""
-    return [NAPARI_UNITS.get(u.strip(), "pixel" if not u.strip().isalpha() else u.strip())
-            for u in units]
+    """Unit names napari (pint) understands; units pint does not know ('counts', '') become pixels."""
+    from napari.utils._units import get_unit_registry
+
+    registry = get_unit_registry()
+    out = []
+    for unit in units:
+        name = NAPARI_UNITS.get(unit.strip(), unit.strip())
+        try:
+            registry.Unit(name)
+        except Exception:  # noqa: BLE001 - pint raises many kinds for names it does not know
+            name = "pixel"
+        out.append(name)
+    return out
 
 
 def _contrast(source: ImageSource, transform: Callable | None) -> list[float]:

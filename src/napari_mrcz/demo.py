@@ -25,13 +25,13 @@ def codec_tour(folder: Path) -> Path:
     path = folder / "sample_movie.mrcz"
     mb = movie.nbytes / 1e6
     t0 = time.perf_counter()
-    writeMRC(movie, path, **samples.SAMPLE_MOVIE_HEADER)
+    writeMRC(list(movie), path, **samples.SAMPLE_MOVIE_HEADER)  # frames: napari shows a frame axis
     t_write = time.perf_counter() - t0
     readMRC(path, idx=0)  # loads the decompression library once, outside the timing
     t0 = time.perf_counter()
     image, meta = readMRC(path)
     t_read = time.perf_counter() - t0
-    assert np.array_equal(image, movie), "round trip failed"
+    assert np.array_equal(np.stack(image), movie), "round trip failed"
     size = path.stat().st_size
     with MRCStack(path) as stack:
         t0 = time.perf_counter()
@@ -39,8 +39,11 @@ def codec_tour(folder: Path) -> Path:
         t_frame = time.perf_counter() - t0
     print(f"Wrote {path} ({size / 1e6:.1f} MB; {mb:.1f} MB uncompressed)\n")
     print("Header")
-    for key in ("dimensions", "dtype", "compressor", "bloscFormat", "pixelsize", "pixelunits",
-                "voltage", "C3", "gain", "packedBytes", "detector", "dose_per_frame"):
+    for key in ("dimensions", "dtype", "compressor", "bloscFormat"):
+        print(f"  {key:<15} {meta[key]}")
+    print(f"  {'pixel size':<15} {', '.join(f'{v:g}' for v in meta['pixelsize'][1:])} Å (y, x)")
+    print(f"  {'voltage':<15} {meta['voltage']:g} kV\n  {'C3':<15} {meta['C3']:g} mm")
+    for key in ("gain", "packedBytes", "detector", "dose_per_frame"):
         print(f"  {key:<15} {meta[key]}")
     print()
     print(f"Compression ratio   {movie.nbytes / size:.2f} x (zstd, clevel 1, bit-shuffle)")

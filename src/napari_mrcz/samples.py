@@ -58,7 +58,8 @@ SAMPLE_MOVIE_HEADER = dict(
 
 
 def write_sample_movie(path: str | os.PathLike, nframes: int = 16, size: int = 1024) -> None:
-    """Write :func:`movie` as an MRCZ file with :data:`SAMPLE_MOVIE_HEADER`."""
+    """Write :func:`movie` as an MRCZ file of frames with :data:`SAMPLE_MOVIE_HEADER`."""
     from .codec import writeMRC
 
-    writeMRC(movie(nframes, size), path, **SAMPLE_MOVIE_HEADER)
+    frames = movie(nframes, size)
+    writeMRC(list(frames), path, **SAMPLE_MOVIE_HEADER)  # a list of frames: a stack, not a volume

@@ -201,6 +201,66 @@ class MRCHeader:
         value = self.raw[name]
         return value.tolist() if isinstance(value, np.ndarray) else value.item()
 
+    @property
+    def labels(self) -> list[str]:
+        """The text labels in use (NLABL of them; non-empty ones where NLABL is wrong)."""
+        texts = [bytes(v).rstrip(b" \0\t\r\n").decode("latin-1") for v in self.raw["label"]]
+        nlabl = int(self.raw["nlabl"])
+        if 0 <= nlabl <= len(texts) and not any(texts[nlabl:]):
+            return texts[:nlabl]
+        return [t for t in texts if t]
+
+    @property
+    def is_volume(self) -> bool:
+        """Whether z is a spatial axis (a volume), not a frame axis (a stack of images).
+
+        The file's name decides first, as users name them: ``.mrcs``, ``.st``,
+        ``.ali``, ``.preali`` are stacks; ``.map``, ``.rec`` volumes. Then
+        MRC2014's space group: 0 is an image stack, anything else a volume.
+        python-mrcz's compressed layout always has ISPG 0 and says "frames"
+        with MZ = 1 instead. A single section is an image, not a stack.
+        """
+        name = self.path.lower()
+        for suffix in (".gz", ".bz2"):
+            name = name.removesuffix(suffix)
+        if self.shape[0] == 1:
+            return False
+        if name.endswith((".mrcs", ".st", ".ali", ".preali")):
+            return False
+        if name.endswith((".map", ".rec")):
+            return True
+        if self.compressor is not None or self.written_by == "python-mrcz":
+            return self.slices != 1
+        return int(self.raw["ispg"]) != 0
+
+    @property
+    def nint_nreal(self) -> tuple[int, int]:
+        """(NINT, NREAL): int16 at bytes 128-131, the layout of per-section extended records."""
+        nint, nreal = np.frombuffer(self.raw.tobytes()[128:132], dtype=self.byteorder + "i2")
+        return int(nint), int(nreal)
+
+    def fields(self) -> dict[str, Any]:
+        """Every MRC2014 header field by name (and MRCZ's and IMOD's in the EXTRA area), as Python values."""
+        raw = self.raw
+        out: dict[str, Any] = {}
+        for name in ("nx", "ny", "nz", "mode", "nxstart", "nystart", "nzstart", "mx", "my", "mz",
+                     "cella", "cellb", "mapc", "mapr", "maps", "dmin", "dmax", "dmean", "ispg", "nsymbt",
+                     "exttyp", "nversion", "nint", "nreal", "voltage", "C3", "gain", "packedBytes",
+                     "imodStamp", "imodFlags", "origin", "map", "machst", "rms", "nlabl"):
+            if name in ("nint", "nreal"):
+                out[name] = self.nint_nreal[name == "nreal"]
+            elif name == "machst":
+                out[name] = "0x" + bytes(raw[name]).hex()
+            elif raw[name].dtype.kind in "SV":
+                out[name] = bytes(raw[name]).decode("latin-1")
+            elif raw[name].dtype.kind == "f":
+                value = float32_value(raw[name])
+                out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+            else:
+                out[name] = self.field(name)
+        out["labels"] = self.labels
+        return out
+
     def to_meta(self, pixelunits: str = "\\AA") -> dict:
         """The python-mrcz ``meta`` dict: header fields, then JSON keys merged in."""
         raw = self.raw
@@ -331,7 +391,7 @@ def parse_header(
 
     compressor = COMPRESSOR_ENUM[cid]
     label = first_label(raw)
-    if _LABEL_OURS in label:
+    if any(_LABEL_OURS in bytes(text) for text in raw["label"]):  # ours may follow a source's labels
         written_by = "napari-mrcz"
     elif label.startswith(b"MRCZ"):
         written_by = "python-mrcz"
@@ -419,7 +479,9 @@ def build_header(
     packed_bytes: int = 0,
     extended_bytes: int = 0,
     exttyp: bytes = b"",
-    label: bytes = b"",
+    labels: list[bytes] | None = None,
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    start: tuple[int, int, int] = (0, 0, 0),
 ) -> bytes:
     """Build a 1024-byte MRC2014 header.
 
@@ -443,6 +505,12 @@ def build_header(
     stats
         (dmin, dmax, dmean, rms), or ``None`` to mark them undetermined as
         MRC2014 allows (dmax < dmin, dmean < dmin, rms < 0).
+    labels
+        Up to 10 text labels of 80 bytes (longer ones are cut).
+    origin
+        ORIGIN (x, y, z), Å.
+    start
+        NXSTART, NYSTART, NZSTART.
 
     """
     dt = HEADER_DTYPE if byteorder == "<" else HEADER_DTYPE.newbyteorder(">")
@@ -467,7 +535,10 @@ def build_header(
     h["packedBytes"] = packed_bytes
     h["map"] = b"MAP "
     h["machst"] = (0x44, 0x44, 0, 0) if byteorder == "<" else (0x11, 0x11, 0, 0)
-    if label:
-        h["nlabl"] = 1
-        h["label"][0] = label[:80]
+    h["nxstart"], h["nystart"], h["nzstart"] = start
+    h["origin"] = origin
+    labels = list(labels or [])[:10]
+    h["nlabl"] = len(labels)
+    for k, text in enumerate(labels):
+        h["label"][k] = text[:80].ljust(80)
     return h.tobytes()

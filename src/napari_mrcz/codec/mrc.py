@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
 from typing import Any, BinaryIO
@@ -446,6 +447,34 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
         Inconsistent arguments, or ``idx`` does not fit the existing file.
 
     """
+    _write_mrc(**locals())
+
+
+def write_with_header(input_image: Any, MRCfilename: str | os.PathLike, fields: Mapping[str, Any],
+                      **kwargs: Any) -> None:
+    r""":func:`writeMRC`, writing back header fields of the file the data came from.
+
+    Parameters
+    ----------
+    input_image, MRCfilename, kwargs
+        As for :func:`writeMRC`.
+    fields
+        Header fields to keep as they were: ``'origin'`` (x, y, z in Å),
+        ``'nxstart'``, ``'nystart'``, ``'nzstart'``, ``'labels'`` (kept before
+        our own label, at most 9), ``'ispg'`` (a volume's space group, 1-230,
+        plain files only). :meth:`MRCHeader.fields` gives them all.
+
+    """
+    bound = inspect.signature(writeMRC).bind(input_image, MRCfilename, **kwargs)
+    bound.apply_defaults()
+    _write_mrc(**bound.arguments, fields=fields)
+
+
+def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | None, endian: str,
+               dtype: Any, pixelsize: Any, pixelunits: str, shape: Any, voltage: float, C3: float,
+               gain: float, compressor: str | None, clevel: int, n_threads: int | None,
+               quickStats: bool, idx: int | None, backend: str | None,
+               fields: Mapping[str, Any] | None = None) -> None:
     path = os.fspath(MRCfilename)
     if endian not in ("le", "be"):
         raise ValueError(f"endian must be 'le' or 'be', got {endian!r}")
@@ -475,13 +504,14 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
         layout = _plain_layout(nz, ny, nx, slices)
         compress = None
     stats = None if quickStats else _Stats(file_dtype)
+    kept = _kept_fields(fields or {}, layout)
 
     def header(packed_bytes: int = 0) -> bytes:
         return build_header(
             shape=(nz, ny, nx), mode=mode, byteorder=byteorder, pixelsize_A=pixel_A,
             stats=None if stats is None else stats.result(), voltage=float(voltage or 0.0),
-            C3=float(C3 or 0.0), gain=float(gain or 1.0), packed_bytes=packed_bytes,
-            extended_bytes=len(ext), exttyp=b"json" if ext else b"", label=_label(), **layout)
+            C3=float(C3 or 0.0), gain=float(1.0 if gain is None else gain), packed_bytes=packed_bytes,
+            extended_bytes=len(ext), exttyp=b"json" if ext else b"", **kept, **layout)
 
     with atomic_write(path) as f:
         f.write(bytes(HEADER_BYTES))
@@ -490,6 +520,20 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
         writer.write_all(sections, 0, nz)
         f.seek(0)
         f.write(header(writer.packed_bytes if compress is not None else 0))
+
+
+def _kept_fields(fields: Mapping[str, Any], layout: dict) -> dict:
+    """build_header's labels, origin and start from a source file's fields; may set ISPG in ``layout``."""
+    labels = [str(t).encode("latin-1", "replace") for t in fields.get("labels") or []
+              if "napari-mrcz" not in str(t)]  # our stamp of an earlier save is replaced by this one
+    kept: dict[str, Any] = {"labels": [*labels[:9], _label()]}
+    if fields.get("origin") is not None:
+        kept["origin"] = tuple(float(v) for v in fields["origin"])
+    kept["start"] = tuple(int(fields.get(k) or 0) for k in ("nxstart", "nystart", "nzstart"))
+    ispg = fields.get("ispg")
+    if layout.get("ispg") == 1 and isinstance(ispg, int) and 1 <= ispg <= 230:
+        layout["ispg"] = ispg
+    return kept
 
 
 def _plain_layout(nz: int, ny: int, nx: int, slices: int) -> dict:
@@ -643,7 +687,7 @@ def writeMRCHeader(f: BinaryIO, header: dict, slices: int, endchar: str = "<") -
         sampling=(slices, 0, 0), cell_sampling=tuple(dims), ispg=0, stats=stats,
         voltage=float(header.get("voltage", 0.0)), C3=float(header.get("C3", 0.0)),
         gain=float(header.get("gain", 1.0)), packed_bytes=int(header.get("packedBytes", 0) or 0),
-        extended_bytes=len(ext), exttyp=b"json" if ext else b"", label=_label()))
+        extended_bytes=len(ext), exttyp=b"json" if ext else b"", labels=[_label()]))
     f.write(ext)
     return len(ext)
 

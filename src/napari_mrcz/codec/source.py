@@ -20,6 +20,9 @@ from .lazy import FrameCache
 from .stack import MRCStack
 
 DM_SUFFIXES = (".dm3", ".dm4")
+#: What "Save as MRCZ" uses for a file that is not MRCZ already.
+DEFAULT_SAVE_COMPRESSOR = "zstd"
+DEFAULT_SAVE_CLEVEL = 1
 #: Length units offered for pixel sizes, with their size in Å.
 LENGTH_UNITS = {"Å": 1.0, "nm": 10.0, "µm": 1.0e4, "pm": 0.01}
 _UNIT_SPELLINGS = {"A": "Å", "Å": "Å", "\\AA": "Å", "angstrom": "Å", "nm": "nm", "um": "µm", "µm": "µm",
@@ -43,9 +46,21 @@ class ImageSource:
         Decodes frames (along the first axis) on demand; ``None`` for data
         small enough to read at once (``data`` then holds it).
     scale, units, axis_labels
-        One per axis of ``shape`` (not the RGB channel axis).
+        One per axis of ``shape`` (not the RGB channel axis). Every length is
+        in Å, whatever unit the file uses, so that all spatial axes of a layer
+        share one unit; a stack's first axis is ``'frame'``, with scale 1 and
+        no unit. Non-length axes (eV, 1/nm, s) keep the file's units.
     mrcz
-        What the file says, as the napari layer keeps it in ``metadata['mrcz']``.
+        What the file says, as the napari layer keeps it in ``metadata['mrcz']``:
+        ``format``, ``compressor`` (of the file), ``size_on_disk``, ``shape``,
+        ``dtype``, ``stack`` (frames, not a volume), ``voltage`` (kV), ``C3``
+        (mm), ``gain`` (each ``None`` where the file has no such field),
+        ``meta`` (JSON metadata), ``header`` (every MRC header field and the
+        labels), ``extended`` (per-section records, see
+        :class:`~napari_mrcz.codec.extended.ExtendedHeader`), ``frame_spacing``
+        (the z spacing an MRC stack states, in Å), for DM files ``axes`` and
+        ``tags`` (the whole tag tree), and ``save``: the compressor and clevel
+        "Save as MRCZ" will use.
     """
 
     path: str
@@ -84,40 +99,73 @@ def open_image(path: str | os.PathLike) -> ImageSource:
     return _open_mrc(path)
 
 
+def _microscope(fields: dict) -> dict[str, float | None]:
+    """Voltage, C3 and gain, ``None`` where the file has no value.
+
+    MRCZ stores 0 for a value it was not given, and in other MRC files bytes
+    132-143 are MRC2014's unused EXTRA area, zero unless something was put
+    there: so 0 (and anything not finite) reads as "not set", and is written
+    back as 0. A Cs-corrected microscope's C3 of 0 reads as "not set" too;
+    the file is the same either way.
+    """
+    out: dict[str, float | None] = {}
+    for name in ("voltage", "C3", "gain"):
+        value = float(fields[name])
+        out[name] = value if np.isfinite(value) and value != 0.0 else None
+    return out
+
+
 def _open_mrc(path: str) -> ImageSource:
     stack = MRCStack(path)
     h = stack.header
-    meta = stack.meta("\\AA")
     nz, ny, nx = h.shape
     raw = h.raw
     lo, hi = float(raw["dmin"]), float(raw["dmax"])
     stats = (lo, hi) if hi > lo and np.isfinite([lo, hi]).all() else None
-    json_meta = dict(h.json_meta or {})
+    pz, py, px = (float(v) for v in h.pixelsize)
+    volume = h.is_volume
+    extended = stack.extended_header if h.extended_bytes else None
+    fields = h.fields()
     mrcz = {
-        "source": path, "format": "MRCZ" if h.is_compressed else "MRC",
-        "pixelsize": [float(v) for v in meta["pixelsize"]], "pixelunits": "Å",
-        "voltage": meta["voltage"], "C3": meta["C3"], "gain": meta["gain"],
-        "compressor": h.compressor, "clevel": None, "meta": json_meta,
+        "source": path, "format": "MRCZ" if h.is_compressed else "MRC", "compressor": h.compressor,
         "shape": list(h.shape), "dtype": h.dtype.name, "size_on_disk": stack.size_on_disk,
-        "slices": h.slices,
+        "slices": h.slices, "stack": not volume and nz > 1,
+        **_microscope(fields), "meta": dict(h.json_meta or {}),
+        "header": fields, "frame_spacing": None if volume else pz,
+        "extended": extended.as_meta() if extended is not None and extended.kind not in ("", "json")
+        else None,
+        "save": {"compressor": h.compressor or DEFAULT_SAVE_COMPRESSOR, "clevel": DEFAULT_SAVE_CLEVEL},
     }
-    pz, py, px = mrcz["pixelsize"]
-    common = dict(path=path, dtype=h.dtype, mrcz=mrcz, slices=h.slices,
-                  stats=stats, handle=stack)
+    common = dict(path=path, dtype=h.dtype, mrcz=mrcz, slices=h.slices, stats=stats, handle=stack)
     # Plain data is memory-mapped: the OS pages frames in, nothing is copied.
     mapped = stack.memmap() if not h.is_compressed else None
     if nz == 1:
         data = mapped[0] if mapped is not None else stack.read(0, 1)[0]
         return ImageSource(shape=(ny, nx), scale=[py, px], units=["Å", "Å"], axis_labels=["y", "x"],
                            data=data, **common)
-    spatial = dict(shape=(nz, ny, nx), scale=[pz, py, px], units=["Å", "Å", "Å"],
-                   axis_labels=["z", "y", "x"])
+    first = ("z", pz, "Å") if volume else ("frame", 1.0, "")
+    spatial = dict(shape=(nz, ny, nx), scale=[first[1], py, px], units=[first[2], "Å", "Å"],
+                   axis_labels=[first[0], "y", "x"])
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
     # One decoder thread per frame: the viewer's own drawing needs the other core.
     cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0],
                        nz, ny * nx * h.dtype.itemsize)
     return ImageSource(cache=cache, **spatial, **common)
+
+
+def _dm_axis(axis: Any, position: int, ndim: int) -> tuple[str, float, str]:
+    """(label, scale, units) of a DM axis: lengths in Å, other units kept as DM states them."""
+    unit = length_unit(axis.units)
+    names = ["z", "y", "x"][-ndim:] if ndim <= 3 else [f"d{k}" for k in range(ndim)]
+    if unit is not None:
+        return names[position], convert_length(axis.scale, unit, "Å"), "Å"
+    if position >= ndim - 2 and not axis.units.strip():
+        return names[position], axis.scale, ""  # an uncalibrated image axis: pixels
+    units = axis.units.strip()
+    if units.endswith("eV"):
+        return "energy", axis.scale, units
+    return (names[position] if units else "frame"), axis.scale, units
 
 
 def _open_dm(path: str) -> ImageSource:
@@ -127,21 +175,23 @@ def _open_dm(path: str) -> ImageSource:
     axes = image.axes
     tags = image.tags
     micro = tags.get("Microscope Info", {}) if isinstance(tags.get("Microscope Info"), dict) else {}
-    unit = length_unit(axes[-1].units) or "Å"
-    voltage = micro.get("Voltage")
+    voltage, cs = micro.get("Voltage"), micro.get("Cs(mm)")
+    described = [_dm_axis(a, k, len(axes)) for k, a in enumerate(axes)]
     mrcz = {
-        "source": path, "format": f"DM{dm.version}",
-        "pixelsize": [a.scale for a in axes], "pixelunits": unit,
-        "voltage": float(voltage) / 1000.0 if isinstance(voltage, (int, float)) else 0.0,
-        "C3": float(micro.get("Cs(mm)", 0.0) or 0.0), "gain": 1.0,
-        "compressor": None, "clevel": None, "meta": {"name": image.name, "data_type": image.data_type},
-        "shape": list(shape), "dtype": image.dtype.name, "size_on_disk": dm.size,
-        "axes": [{"scale": a.scale, "offset": a.offset, "units": a.units} for a in axes], "slices": 0,
+        "source": path, "format": f"DM{dm.version}", "compressor": None,
+        "shape": list(shape), "dtype": image.dtype.name, "size_on_disk": dm.size, "slices": 0,
+        "stack": len(axes) == 3 and described[0][0] == "frame",
+        # DM states the voltage in V; MRCZ in kV. DM has no detector gain.
+        **_microscope({"voltage": voltage / 1000.0 if isinstance(voltage, (int, float)) else 0.0,
+                       "C3": cs if isinstance(cs, (int, float)) else 0.0, "gain": 0.0}),
+        "meta": {"name": image.name, "data_type": image.data_type},
+        "axes": [{"scale": a.scale, "offset": a.offset, "units": a.units} for a in axes],
+        "frame_spacing": None, "tags": dm.tags,
+        "save": {"compressor": DEFAULT_SAVE_COMPRESSOR, "clevel": DEFAULT_SAVE_CLEVEL},
     }
-    labels = ["z", "y", "x"][-len(axes):] if len(axes) <= 3 else [f"d{k}" for k in range(len(axes))]
     common = dict(path=path, dtype=image.dtype, mrcz=mrcz, rgb=image.is_rgb,
-                  scale=[a.scale for a in axes], units=[a.units for a in axes], axis_labels=labels,
-                  handle=dm)
+                  scale=[d[1] for d in described], units=[d[2] for d in described],
+                  axis_labels=[d[0] for d in described], handle=dm)
     # memmap() maps plain numeric data (any size opens at once) and decodes the rest.
     return ImageSource(shape=shape, data=dm.memmap(image), **common)
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import blosc_chunks
 from .errors import MRCFileError, TruncatedFileError
+from .extended import ExtendedHeader, read_extended
 from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, parse_header
 
 _READ_PIECE = 1 << 24
@@ -177,6 +178,7 @@ class MRCStack:
         self._offsets = [self.header.data_offset]
         self._versions: list[int] = []
         self._index_lock = threading.Lock()
+        self._extended: ExtendedHeader | None = None
 
     # -- life cycle -------------------------------------------------------
     def close(self) -> None:
@@ -245,9 +247,22 @@ class MRCStack:
         version = self.chunk_span(0)[2]
         return 1 if version == 2 else 2
 
+    @property
+    def extended_header(self) -> ExtendedHeader:
+        """The decoded extended header (FEI1/FEI2 and SerialEM per-section records); read once."""
+        if self._extended is None:
+            self._extended = read_extended(self.header, self._src.pread)
+        return self._extended
+
     def meta(self, pixelunits: str = "\\AA") -> dict:
-        """python-mrcz's ``meta`` for this file."""
+        """python-mrcz's ``meta`` for this file, and ``'extendedHeader'`` where it has per-section records.
+
+        ``meta['extendedHeader']`` (a key python-mrcz does not use) is
+        :meth:`ExtendedHeader.as_meta`: its type and one array per field.
+        """
         meta = self.header.to_meta(pixelunits)
+        if self.header.extended_bytes and self.extended_header.kind not in ("", "json"):
+            meta["extendedHeader"] = self.extended_header.as_meta()
         if self.header.is_compressed:
             fmt = self.blosc_format
             meta["bloscFormat"] = fmt
