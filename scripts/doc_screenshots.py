@@ -1,41 +1,89 @@
-"""Render the screenshots of docs/index.md (run under a display: xvfb-run)."""
+"""Render the screenshots in docs/img: the demo, the dock widget and the header inspector.
+
+Run under a display or Xvfb with the test extras installed (mrcfile writes the
+FEI2 tilt series the inspector shows)::
+
+    xvfb-run -a .venv/bin/python scripts/doc_screenshots.py
+"""
 
 from __future__ import annotations
 
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import mrcfile
+import napari
+import numpy as np
+from mrcfile.dtypes import get_ext_header_dtype
+from qtpy.QtWidgets import QApplication
+
+from napari_mrcz import samples
+
+IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
-def main() -> int:
-    """Write docs/img/demo.png and docs/img/widget.png; returns an exit code."""
-    import napari
-    from qtpy.QtWidgets import QApplication
+def tilt_series(path: Path, n: int = 41) -> None:
+    """A Thermo Fisher-style FEI2 tilt series: -60..60 degrees, defocus and dose per image."""
+    tomo = samples.tomogram()
+    tilts = np.linspace(-60, 60, n)
+    images = np.stack([tomo.sum(axis=0) * np.cos(np.radians(t)) for t in tilts]).astype(np.float32)
+    images += np.random.default_rng(0).normal(scale=images.std(), size=images.shape).astype(np.float32)
+    dtype = get_ext_header_dtype(b"FEI2", "<")
+    records = np.zeros(n, dtype)
+    records["Metadata size"], records["Metadata version"] = dtype.itemsize, 2
+    records["Alpha tilt"] = tilts
+    records["Defocus"] = -3e-6
+    records["Dose"] = 3.0e20
+    records["HT"] = 300e3
+    records["Magnification"] = 64000
+    records["Microscope type"] = b"Krios G4"
+    records["Pixel size X"] = records["Pixel size Y"] = 1.7e-10
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(images)
+        mrc.set_image_stack()
+        mrc.set_extended_header(records)
+        mrc.header.exttyp = b"FEI2"
+        mrc.voxel_size = 1.7
 
+
+def settle(seconds: float = 0.5) -> None:
+    """Let Qt draw for ``seconds``."""
+    end = time.time() + seconds
+    while time.time() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    """Write docs/img/demo.png, widget.png and inspector.png."""
     from napari_mrcz._sample import sample_movie_path
 
-    img = ROOT / "docs" / "img"
-    img.mkdir(parents=True, exist_ok=True)
+    IMG.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-mrcz")
+    viewer.window._qt_window.resize(1500, 950)
     viewer.open(str(sample_movie_path()), plugin="napari-mrcz")
     _, widget = viewer.window.add_plugin_dock_widget("napari-mrcz", "MRCZ metadata")
     viewer.dims.set_point(0, 12)
-    viewer.window._qt_window.resize(1500, 950)
-    app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.02)
-    viewer.screenshot(str(img / "demo.png"), canvas_only=False)
-    widget.units.value = "nm"
-    for _ in range(5):
-        app.processEvents()
-    widget.native.grab().save(str(img / "widget.png"))
+    settle()
+    viewer.screenshot(str(IMG / "demo.png"), canvas_only=False)
+    widget.native.grab().save(str(IMG / "widget.png"))
     viewer.close()
-    print(img / "demo.png", img / "widget.png")
-    return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tilt_series.mrcs"
+        tilt_series(path)
+        viewer = napari.Viewer(title="napari-mrcz: header inspector")
+        viewer.window._qt_window.resize(1500, 1150)
+        viewer.open(str(path), plugin="napari-mrcz")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-mrcz", "MRCZ metadata")
+        viewer.dims.set_point(0, 30)
+        widget.show_inspector(True)
+        widget.inspector.filter.setText("tilt")
+        settle()
+        viewer.screenshot(str(IMG / "inspector.png"), canvas_only=False)
+        viewer.close()
+    print(f"wrote {IMG / 'demo.png'}, {IMG / 'widget.png'} and {IMG / 'inspector.png'}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
