@@ -1,6 +1,7 @@
 """A mutational fuzzer for every reader: damaged and hostile files must give a clean error.
 
-Every file in ``../shared/data`` is a seed. A case mutates one seed (bit flips,
+Every file in ``../shared/data`` is a seed, and two made here with FEI2 and
+SerialEM extended headers. A case mutates one seed (bit flips,
 int32 header fields set to extremes, truncation, inserted and deleted bytes,
 MRCZ chunk-header fields, DM tag numbers; one to three of them stacked) and
 reads the result the ways a user would: ``readMRC`` or ``readDM4``, and the
@@ -52,8 +53,8 @@ EXTREMES = [0, 1, -1, 2, 3, 4, 7, 16, 101, 255, 256, 1000, 1001, 2002, 3002, 600
             1 << 20, 1 << 24, 1 << 28, (1 << 30) + 1, (1 << 31) - 1, -(1 << 31), (1 << 31) - 16]
 #: Header fields of interest (byte offsets of int32s): dimensions, mode, starts, sampling, axes,
 #: space group, extended header size, MRCZ fields, IMOD stamp and flags, labels.
-MRC_FIELDS = [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 64, 68, 72, 88, 92, 104, 132, 136, 140, 144, 148, 152,
-              156, 212, 220]
+MRC_FIELDS = [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 64, 68, 72, 88, 92, 104, 128, 132, 136, 140, 144, 148,
+              152, 156, 212, 220, 1024, 1028]
 
 
 # ---------------------------------------------------------------------------
@@ -91,6 +92,21 @@ def load_seeds(folder: Path) -> list[Seed]:
                 pass
         seeds.append(seed)
     return seeds
+
+
+def write_extended_seeds(folder: Path) -> Path:
+    """Small files with per-section extended headers (FEI2 by mrcfile, SerialEM per IMOD), as seeds too."""
+    import numpy as np
+
+    from .seri_writer import write_serialem
+    from .test_extended import write_fei
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = np.arange(4 * 12 * 10, dtype=np.float32).reshape(4, 12, 10)
+    write_fei(folder / "fei2_tilt.mrcs", b"FEI2", data, [-30.0, -10.0, 10.0, 30.0])
+    records = {"tilt": [-30.0, -10.0, 10.0, 30.0], "mag": [1000] * 4, "dose": [1.5] * 4}
+    write_serialem(folder / "serialem_tilt.st", data, records, flags=1 | 8 | 32)
+    return folder
 
 
 def _int32(rng: random.Random) -> int:
@@ -304,11 +320,12 @@ def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memo
     seeds = load_seeds(data)
     if not seeds:
         raise FileNotFoundError(f"no seed files under {data}")
+    work = Path(tempfile.mkdtemp(prefix="mrcz-fuzz-"))
+    seeds += load_seeds(write_extended_seeds(work / "seeds"))
     keep = Path(keep or "fuzz-defects")
     defects: list[Defect] = []
     pool = [Worker(memory, alloc) for _ in range(max(1, workers))]
     selector = selectors.DefaultSelector()
-    work = Path(tempfile.mkdtemp(prefix="mrcz-fuzz-"))
     next_case, done, t0 = 0, 0, time.monotonic()
 
     def record(worker: Worker, why: str) -> None:

@@ -281,3 +281,19 @@ def test_the_demo_sample_opens_with_its_metadata(viewer):
     meta = movie.metadata["mrcz"]
     assert meta["voltage"] == 300.0 and meta["C3"] == pytest.approx(2.7)
     assert meta["meta"]["detector"] == samples.SAMPLE_MOVIE_HEADER["meta"]["detector"]
+
+
+def test_the_widget_rows_line_up_and_labels_are_whole(viewer, qtbot):
+    from qtpy.QtCore import QPoint
+
+    viewer.open_sample(PLUGIN, "movie")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
+    rows = [w.pixel_y, w.pixel_x, w.units, w.voltage, w.c3, w.gain, w.compressor, w.clevel]
+
+    def starts() -> set[int]:
+        return {row.native.mapTo(w.native, QPoint(0, 0)).x() for row in rows}
+
+    qtbot.waitUntil(lambda: len(starts()) == 1, timeout=5000)
+    for row in rows:
+        label = row._labeled_widget()._label_widget.native
+        assert label.width() >= label.fontMetrics().horizontalAdvance(label.text()), label.text()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from qtpy.QtCore import QTimer
 
 from ._inspector import HeaderInspector
 from ._reader import NAPARI_UNITS
@@ -191,6 +192,21 @@ class MRCZWidget(Container):
         finally:
             self._syncing = False
         self._summarise()
+        self._align_labels()
+        QTimer.singleShot(0, self._align_labels)  # again once napari's style applies (first show)
+
+    def _align_labels(self) -> None:
+        """Give every row's label the width of the widest, measured in the font napari's style gives it.
+
+        magicgui measures labels in the application's default font; napari's
+        stylesheet draws them larger, so rows would start at different places.
+        """
+        labels = [row._label_widget.native for row in (w._labeled_widget() for w in self) if row is not None]
+        for label in labels:
+            label.ensurePolished()
+        width = max((label.fontMetrics().horizontalAdvance(label.text()) for label in labels), default=0)
+        for label in labels:
+            label.setFixedWidth(width + 8)
 
     def _summarise(self) -> None:
         data, meta = self.layer.data, self.mrcz()
