@@ -15,13 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
-
-from .codec.mrc import write_with_header
-from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR
-
-#: Header fields of the source file written back unchanged.
-KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg")
+from .codec.export import UnsupportedImageError, write_image
 
 
 def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
@@ -79,41 +73,17 @@ def pixel_size(attributes: dict, ndim: int, stack: bool, frame_spacing: float | 
     return [z, y, x]
 
 
-class _Frame:
-    """One frame of a layer, read only when the writer reaches it (memory stays one frame)."""
-
-    def __init__(self, data: Any, i: int) -> None:
-        self.data, self.i = data, i
-        self.shape, self.dtype, self.ndim = tuple(data.shape[1:]), np.dtype(data.dtype), data.ndim - 1
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self.data[self.i], dtype=dtype)
-
-
 def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
     """Write one image layer's data and attributes to ``path``; returns the path."""
     if attributes.get("rgb"):
-        # TypeError, as for data types MRC cannot store: napari would swallow a ValueError
+        # A TypeError, as for data types MRC cannot store: napari would swallow a ValueError
         # from a writer and tell the user the plugin "is not a valid writer".
-        raise TypeError(f"{path}: MRC cannot store RGB images")
+        raise UnsupportedImageError(f"{path}: MRC cannot store RGB images")
     metadata = dict(attributes.get("metadata") or {})
     mrcz = dict(metadata.pop("mrcz", None) or {})
     labels = list(attributes.get("axis_labels") or [])
     stack = bool(mrcz.get("stack")) or (data.ndim >= 3 and labels[-3:-2] == ["frame"])
-    save = dict(mrcz.get("save") or {})
-    compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
-    clevel = int(save.get("clevel") or DEFAULT_SAVE_CLEVEL)
-    meta = {**_json_safe(metadata), **dict(mrcz.get("meta") or {})}
-    header = dict(mrcz.get("header") or {})
-    fields = {k: header[k] for k in KEPT_FIELDS if k in header}
-    if stack or data.ndim > 3:
-        frames: Any = [_Frame(data, i) for i in range(data.shape[0])]
-    else:
-        frames = data
-    voltage, c3, gain = (mrcz.get(k) for k in ("voltage", "C3", "gain"))
-    write_with_header(frames, path, fields, meta=meta or None,
-                      pixelsize=pixel_size(attributes, data.ndim, stack, mrcz.get("frame_spacing")),
-                      voltage=0.0 if voltage is None else float(voltage),
-                      C3=0.0 if c3 is None else float(c3), gain=0.0 if gain is None else float(gain),
-                      compressor=compressor, clevel=clevel)
+    write_image(data, path, {**mrcz, "slices": 0}, pixel_size(attributes, data.ndim, stack,
+                                                              mrcz.get("frame_spacing")),
+                stack=stack, compressed=compressed, extra_meta=_json_safe(metadata))
     return path

@@ -47,6 +47,8 @@ BLOSC2_PLUGIN_CODECS = frozenset({"openhtj2k", "grok", "openzl", "j2k", "htj2k"}
 blosc.set_releasegil(True)
 DEFAULT_N_THREADS = blosc.detect_number_of_cores()
 _BLOSC_LOCK = threading.Lock()
+#: Set while a compression session holds _BLOSC_LOCK (see decompress_into).
+_COMPRESSING = threading.Event()
 _blosc2: Any = None
 
 
@@ -231,9 +233,11 @@ class Compressor:
         with _BLOSC_LOCK:
             nthreads = blosc.set_nthreads(1)
             blosc.set_blocksize(self.blocksize)
+            _COMPRESSING.set()
             try:
                 yield self
             finally:
+                _COMPRESSING.clear()
                 blosc.set_blocksize(0)
                 blosc.set_nthreads(nthreads)
 
@@ -277,6 +281,12 @@ def decompress_into(chunk: Any, out: np.ndarray, version: int, n_threads: int) -
         b2 = _get_blosc2()
         b2.set_nthreads(n_threads)
         b2.decompress(chunk, dst=out.reshape(-1).view(np.uint8))
+        return
+    if _COMPRESSING.is_set():
+        # A file is being written (maybe from this very source: the writer waits for
+        # this section), and holds the lock: decode through the thread-safe context
+        # API with the session's one thread, without the lock.
+        blosc.decompress_ptr(chunk, out.ctypes.data)
         return
     with _BLOSC_LOCK:
         blosc.set_nthreads(n_threads)

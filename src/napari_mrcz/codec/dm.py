@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,20 +150,21 @@ class DMFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         self.fd = os.open(self.path, os.O_RDONLY)
+        # Closed by close(), or when dropped unclosed (a napari layer's file): never leaked.
+        self._closer = weakref.finalize(self, os.close, self.fd)
         try:
             parser = TagParser(self.fd, self.path)
             self.size = parser.cur.size
             self.version, self.byteorder, self.tags = parser.version, parser.byteorder, parser.root
             self.images = self._images()
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
     def close(self) -> None:
         """Release the file."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._closer()
+        self.fd = -1
 
     def __enter__(self) -> DMFile:
         return self

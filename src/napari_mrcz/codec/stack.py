@@ -18,6 +18,7 @@ import gzip
 import mmap
 import os
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -56,6 +57,8 @@ class _FileSource:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        # Closed by close(), or when dropped unclosed (a napari layer's file): never leaked.
+        self._closer = weakref.finalize(self, os.close, self.fd)
         self.size = os.fstat(self.fd).st_size
         self._map: mmap.mmap | None = None
         self._map_lock = threading.Lock()
@@ -85,9 +88,8 @@ class _FileSource:
         if self._map is not None:
             self._map.close()
             self._map = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._closer()
+        self.fd = -1
 
 
 class _MemorySource:

@@ -1,0 +1,171 @@
+"""Writing an image out as MRC or MRCZ, keeping what its source file said.
+
+The napari writer (a layer) and the batch command (a file opened with
+:func:`~napari_mrcz.codec.source.open_image`) both end here: the data is read
+one z-section at a time, a stack stays a stack and a volume a volume, and the
+source's header fields (origin, starts, labels, a volume's space group),
+voltage, C3, gain and JSON metadata are written back as they were. Values a
+source lacks (``None``) are written as 0, MRC's "not set".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .mrc import _file_dtype, write_with_header
+from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource
+
+#: Header fields of the source file written back unchanged.
+KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg")
+
+
+class UnsupportedImageError(TypeError):
+    """An image MRC cannot hold: RGB, or more than three dimensions."""
+
+
+class Sections:
+    """An ``(n, ny, nx)`` array-like whose z-sections are read only when the writer reaches them.
+
+    Parameters
+    ----------
+    get
+        ``get(i) -> ndarray``: z-section ``i``.
+    n, frame_shape, dtype
+        Its shape and type.
+    on_read
+        Called as ``on_read(i, section)`` with every section read (for checksums).
+    """
+
+    def __init__(self, get: Callable[[int], Any], n: int, frame_shape: tuple[int, ...], dtype: Any,
+                 on_read: Callable[[int, np.ndarray], None] | None = None) -> None:
+        self._get, self.on_read = get, on_read
+        self.shape = (n, *frame_shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        section = np.asarray(self._get(int(i)))
+        if self.on_read is not None:
+            self.on_read(int(i), section)
+        return section
+
+    def frames(self) -> list[Frame]:
+        """One lazy :class:`Frame` per section: written as a list, the file records a stack."""
+        return [Frame(self, i) for i in range(self.shape[0])]
+
+
+class Frame:
+    """Section ``i`` of an array-like, read when the writer asks for it (memory stays one frame)."""
+
+    def __init__(self, data: Any, i: int) -> None:
+        self.data, self.i = data, i
+        self.shape, self.dtype, self.ndim = tuple(data.shape[1:]), np.dtype(data.dtype), data.ndim - 1
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.data[self.i], dtype=dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.data[self.i])[key]
+
+
+def stored_dtype(dtype: Any) -> np.dtype:
+    """The type MRC stores data of ``dtype`` as (uint8 -> uint16, float64 -> float32 ...), native order."""
+    return np.dtype(_file_dtype(np.dtype(dtype), None, "=", "")[0]).newbyteorder("=")
+
+
+def source_sections(source: ImageSource,
+                    on_read: Callable[[int, np.ndarray], None] | None = None) -> Sections:
+    """The z-sections of an opened file as the napari reader shows them, read one at a time.
+
+    Raises
+    ------
+    UnsupportedImageError
+        What MRC cannot hold: RGB, more than three dimensions.
+    """
+    if source.rgb:
+        raise UnsupportedImageError(f"{source.path}: MRC cannot store RGB images")
+    if len(source.shape) > 3:
+        raise UnsupportedImageError(f"{source.path}: MRC holds at most three dimensions, "
+                        f"the image has {len(source.shape)}")
+    if source.cache is not None:  # compressed: decode each section from the file, no cache
+        stack = source.handle
+        return Sections(lambda i: stack.read(i, i + 1)[0], source.shape[0], source.shape[1:], source.dtype,
+                        on_read)
+    data = source.data
+    if data.ndim == 1:
+        data = data[None]
+    if data.ndim == 2:
+        return Sections(lambda i: data, 1, data.shape, data.dtype, on_read)
+    return Sections(lambda i: data[i], data.shape[0], data.shape[1:], data.dtype, on_read)
+
+
+def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,
+                stack: bool, compressed: bool, extra_meta: dict | None = None,
+                backend: str | None = None) -> None:
+    """Write ``data`` as MRCZ (``compressed``) or plain MRC with what ``mrcz`` says about its source.
+
+    Parameters
+    ----------
+    data
+        2D or 3D array-like, read one z-section at a time (for example :class:`Sections`).
+    path
+        The file to write (atomically).
+    mrcz
+        What the source said, as ``metadata['mrcz']`` holds it: ``voltage``,
+        ``C3``, ``gain``, ``header``, ``meta``, ``slices`` and ``save``
+        (compressor and clevel).
+    pixelsize
+        (z, y, x) in Å.
+    stack
+        Whether the first axis is frames (written as a list: the file says "stack").
+    compressed
+        MRCZ (with ``mrcz['save']``'s compressor) or plain MRC.
+    extra_meta
+        More JSON metadata (merged under the source's).
+    backend
+        ``'blosc1'`` or ``'blosc2'`` chunks (default blosc1).
+    """
+    save = dict(mrcz.get("save") or {})
+    compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
+    clevel = int(save.get("clevel") or DEFAULT_SAVE_CLEVEL)
+    meta = {**dict(extra_meta or {}), **dict(mrcz.get("meta") or {})}
+    header = dict(mrcz.get("header") or {})
+    fields = {k: header[k] for k in KEPT_FIELDS if k in header}
+    slices = int(mrcz.get("slices") or 0)
+    if data.ndim > 3:
+        frames: Any = [Frame(data, i) for i in range(data.shape[0])]
+    elif stack and data.ndim == 3:
+        frames = [Frame(data, i) for i in range(data.shape[0])]
+    elif slices > 1 and data.ndim == 3 and data.shape[0] % slices == 0:
+        frames = [Frame(_Grouped(data, slices), j) for j in range(data.shape[0] // slices)]
+    else:
+        frames = data
+    voltage, c3, gain = (mrcz.get(k) for k in ("voltage", "C3", "gain"))
+    write_with_header(frames, path, fields, meta=meta or None, pixelsize=pixelsize,
+                      voltage=0.0 if voltage is None else float(voltage),
+                      C3=0.0 if c3 is None else float(c3), gain=0.0 if gain is None else float(gain),
+                      compressor=compressor, clevel=clevel, backend=backend)
+
+
+class _Grouped:
+    """Sections grouped ``slices`` at a time: frame j is sections j*slices ... (j+1)*slices - 1."""
+
+    def __init__(self, data: Any, slices: int) -> None:
+        self.data, self.slices = data, slices
+        self.shape = (data.shape[0] // slices, slices, *data.shape[1:])
+        self.dtype, self.ndim = np.dtype(data.dtype), 4
+
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        if self._last is None or self._last[0] != j:  # the writer asks for each section of a frame
+            first = j * self.slices
+            self._last = (j, np.stack([np.asarray(self.data[first + k]) for k in range(self.slices)]))
+        return self._last[1]
