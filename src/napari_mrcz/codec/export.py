@@ -108,7 +108,7 @@ def source_sections(source: ImageSource,
 
 def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,
                 stack: bool, compressed: bool, extra_meta: dict | None = None,
-                backend: str | None = None) -> None:
+                backend: str | None = None, stamp: str | None = None) -> None:
     """Write ``data`` as MRCZ (``compressed``) or plain MRC with what ``mrcz`` says about its source.
 
     Parameters
@@ -131,6 +131,8 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         More JSON metadata (merged under the source's).
     backend
         ``'blosc1'`` or ``'blosc2'`` chunks (default blosc1).
+    stamp
+        A text to keep in a label of ours (up to 68 characters).
     """
     save = dict(mrcz.get("save") or {})
     compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
@@ -138,6 +140,8 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     meta = {**dict(extra_meta or {}), **dict(mrcz.get("meta") or {})}
     header = dict(mrcz.get("header") or {})
     fields = {k: header[k] for k in KEPT_FIELDS if k in header}
+    if stamp:
+        fields["stamp"] = stamp
     slices = int(mrcz.get("slices") or 0)
     if data.ndim > 3:
         frames: Any = [Frame(data, i) for i in range(data.shape[0])]

@@ -462,7 +462,8 @@ def write_with_header(input_image: Any, MRCfilename: str | os.PathLike, fields: 
         Header fields to keep as they were: ``'origin'`` (x, y, z in Å),
         ``'nxstart'``, ``'nystart'``, ``'nzstart'``, ``'labels'`` (kept before
         our own label, at most 9), ``'ispg'`` (a volume's space group, 1-230,
-        plain files only). :meth:`MRCHeader.fields` gives them all.
+        plain files only); and ``'stamp'``, a text written as a second label of
+        ours. :meth:`MRCHeader.fields` gives the others.
 
     """
     bound = inspect.signature(writeMRC).bind(input_image, MRCfilename, **kwargs)
@@ -526,7 +527,10 @@ def _kept_fields(fields: Mapping[str, Any], layout: dict) -> dict:
     """build_header's labels, origin and start from a source file's fields; may set ISPG in ``layout``."""
     labels = [str(t).encode("latin-1", "replace") for t in fields.get("labels") or []
               if "napari-mrcz" not in str(t)]  # our stamp of an earlier save is replaced by this one
-    kept: dict[str, Any] = {"labels": [*labels[:9], _label()]}
+    ours = [_label()]
+    if fields.get("stamp"):  # one more label of ours (the batch command's record of its source)
+        ours.append(f"napari-mrcz {fields['stamp']}"[:80].encode("latin-1", "replace"))
+    kept: dict[str, Any] = {"labels": [*labels[:10 - len(ours)], *ours]}
     if fields.get("origin") is not None:
         kept["origin"] = tuple(float(v) for v in fields["origin"])
     kept["start"] = tuple(int(fields.get(k) or 0) for k in ("nxstart", "nystart", "nzstart"))
