@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from .dm import DMFile
 from .mrc import _file_dtype, write_with_header
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource
+from .stack import MRCStack
 
 #: Header fields of the source file written back unchanged.
 KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg")
@@ -94,10 +96,15 @@ def source_sections(source: ImageSource,
     if len(source.shape) > 3:
         raise UnsupportedImageError(f"{source.path}: MRC holds at most three dimensions, "
                         f"the image has {len(source.shape)}")
-    if source.cache is not None:  # compressed: decode each section from the file, no cache
-        stack = source.handle
-        return Sections(lambda i: stack.read(i, i + 1)[0], source.shape[0], source.shape[1:], source.dtype,
+    handle = source.handle
+    # Sections are read from the file, never through the viewer's memory map or cache:
+    # the pages of a 20 GB movie would stay resident as the map is walked.
+    if isinstance(handle, MRCStack) and len(source.shape) == 3:
+        return Sections(lambda i: handle.read(i, i + 1)[0], source.shape[0], source.shape[1:], source.dtype,
                         on_read)
+    if isinstance(handle, DMFile) and len(source.shape) == 3 and not handle.main_image.is_fft:
+        return Sections(lambda i: handle.read(None, i, i + 1)[0], source.shape[0], source.shape[1:],
+                        source.dtype, on_read)
     data = source.data
     if data.ndim == 1:
         data = data[None]
