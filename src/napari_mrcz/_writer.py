@@ -63,13 +63,8 @@ def pixel_size(attributes: dict, ndim: int, stack: bool, frame_spacing: float | 
     scale = [float(s) for s in attributes.get("scale") or [1.0] * ndim]
     units = list(attributes.get("units") or [None] * ndim)
     size = [s * (angstrom(u) or 1.0) for s, u in zip(scale, units, strict=False)]
-    y, x = size[-2], size[-1]
-    if ndim < 3:
-        z = frame_spacing or y
-    elif stack:
-        z = frame_spacing if frame_spacing else y
-    else:
-        z = size[-3]
+    y, x = ([1.0] + size)[-2], size[-1]
+    z = size[-3] if ndim >= 3 and not stack else (frame_spacing or y)
     return [z, y, x]
 
 
