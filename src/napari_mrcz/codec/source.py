@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from .dm import DMFile
-from .header import angstrom_per_unit
 from .lazy import FrameCache
 from .stack import MRCStack
 
@@ -199,10 +198,3 @@ def _open_dm(path: str) -> ImageSource:
 def convert_length(value: float, from_unit: str, to_unit: str) -> float:
     """A length in ``from_unit`` expressed in ``to_unit`` (Å, nm, µm, pm)."""
     return value * LENGTH_UNITS[from_unit] / LENGTH_UNITS[to_unit]
-
-
-def codec_units(unit: str) -> str:
-    """python-mrcz's spelling of a length unit (backslash-AA, nm, backslash-mum, pm)."""
-    spelling = {"Å": "\\AA", "nm": "nm", "µm": "\\mum", "pm": "pm"}[length_unit(unit) or "Å"]
-    angstrom_per_unit(spelling)
-    return spelling
