@@ -4,8 +4,10 @@ A failure or an interrupt (``KeyboardInterrupt`` included) before the rename
 removes the temporary file and leaves any existing file untouched. The
 temporary file is fsync'ed before the rename and the folder after it, as
 databases do, so after a power cut the name holds either the old file or the
-whole new one, never an empty or partial file. Readers that hold the old
-file open (a lazily loaded napari layer) keep reading the old data.
+whole new one, never an empty or partial file. On POSIX, readers that hold
+the old file open (a lazily loaded napari layer) keep reading the old data;
+where an open file cannot be renamed over (Windows), our own readers of it are
+closed for the rename and read the new file after it (:func:`.positioned.released`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
+
+from .positioned import released
 
 
 def _new_file_mode(target: str) -> int:
@@ -45,16 +49,22 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     folder, name = os.path.split(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     try:
-        os.fchmod(fd, _new_file_mode(target))
         with os.fdopen(fd, "wb+", buffering=0) as f:
+            os.chmod(tmp, _new_file_mode(target))  # mkstemp's 0600 would hide the file from the group
             yield f
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_folder(folder)
+
+
+def replace(done: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the finished, fsync'ed file ``done`` over ``target``, durably, even while ``target`` is open."""
+    with released(target):
+        os.replace(done, target)
+    fsync_folder(os.path.dirname(os.path.abspath(target)))
 
 
 def fsync_folder(folder: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from .atomic import fsync_folder
+from .atomic import replace
 from .dm_tags import ArrayRef
 from .export import UnsupportedImageError, source_sections, stored_dtype, write_image
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
@@ -242,8 +242,7 @@ def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed:
                     stamp=source_stamp(opened.path))
         if verify:
             _verify(temporary, digests, len(sections), source=opened.path)
-        os.replace(temporary, target)
-        fsync_folder(str(target.parent))
+        replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 from .dm_tags import ArrayRef, TagParser
 from .errors import MRCFileError, TruncatedFileError
 from .header import float32_value
-from .stack import pread_into
+from .positioned import PositionedFile
 
 logger = logging.getLogger("napari_mrcz.codec")
 
@@ -149,11 +148,9 @@ class DMFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        self.fd = os.open(self.path, os.O_RDONLY)
-        # Closed by close(), or when dropped unclosed (a napari layer's file): never leaked.
-        self._closer = weakref.finalize(self, os.close, self.fd)
+        self._file = PositionedFile(self.path)
         try:
-            parser = TagParser(self.fd, self.path)
+            parser = TagParser(self._file, self.path)
             self.size = parser.cur.size
             self.version, self.byteorder, self.tags = parser.version, parser.byteorder, parser.root
             self.images = self._images()
@@ -163,8 +160,7 @@ class DMFile:
 
     def close(self) -> None:
         """Release the file."""
-        self._closer()
-        self.fd = -1
+        self._file.close()
 
     def __enter__(self) -> DMFile:
         return self
@@ -278,7 +274,7 @@ class DMFile:
         raw = np.empty(((stop - start) * per_frame) // im.stored_dtype.itemsize, dtype=im.stored_dtype)
         view = memoryview(raw.view(np.uint8))
         offset = im.data.offset + start * per_frame
-        done = pread_into(self.fd, view, offset)
+        done = self._file.readinto(offset, view)
         if done < len(view):
             raise TruncatedFileError(self.path, f"image {im.index}: data ends early at byte {offset + done}")
         return _decode(im, raw, stop - start)
@@ -455,7 +451,7 @@ class readDM4:  # noqa: N801 - python-mrcz's public name
     def _parser(self) -> TagParser:
         if self.f is None:
             raise ValueError("set self.f to an open DM file, positioned at a tag, first")
-        return TagParser.positioned(self.f.fileno(), getattr(self.f, "name", "DM file"), self.f.tell(),
+        return TagParser.positioned(_FileObject(self.f), getattr(self.f, "name", "DM file"), self.f.tell(),
                                     getattr(self, "version", 4))
 
     def _named(self, parser: TagParser) -> str:
@@ -494,6 +490,18 @@ class readDM4:  # noqa: N801 - python-mrcz's public name
         value = parser._value(kind, "tag")
         self.f.seek(parser.cur.pos)
         return value
+
+
+class _FileObject:
+    """A caller's open binary file, read at offsets (it is repositioned after each parse)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+
+    def pread(self, offset: int, n: int) -> bytes:
+        self.f.seek(offset)
+        return self.f.read(n)
 
 
 def asyncReadDM4(*args: Any, **kwargs: Any) -> Future:

@@ -18,9 +18,8 @@ movie parses a few kilobytes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,11 +49,20 @@ class ArrayRef:
         return self.count * self.dtype.itemsize
 
 
+class Readable(Protocol):
+    """What the parser reads from: a :class:`.positioned.PositionedFile`, or anything alike."""
+
+    size: int
+
+    def pread(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes from byte ``offset`` (fewer only at the end of the file)."""
+
+
 class _Cursor:
     """Sequential reads over positioned reads, with every length checked first."""
 
-    def __init__(self, fd: int, size: int, path: str) -> None:
-        self.fd, self.size, self.path = fd, size, path
+    def __init__(self, file: Readable, path: str) -> None:
+        self.file, self.size, self.path = file, file.size, path
         self.pos = 0
         self._buf, self._buf_at = b"", 0
 
@@ -68,7 +76,7 @@ class _Cursor:
         self.need(n, what)
         start = self.pos - self._buf_at
         if start < 0 or start + n > len(self._buf):
-            self._buf = os.pread(self.fd, max(n, _BLOCK), self.pos)
+            self._buf = self.file.pread(self.pos, max(n, _BLOCK))
             self._buf_at, start = self.pos, 0
         self.pos += n
         return self._buf[start:start + n]
@@ -87,8 +95,8 @@ class TagParser:
 
     Parameters
     ----------
-    fd
-        An open file descriptor (the caller closes it).
+    file
+        The open file, read at offsets (the caller closes it).
     path
         The file's name, for messages.
 
@@ -102,9 +110,9 @@ class TagParser:
         The tag tree. Groups whose entries are all unnamed become lists.
     """
 
-    def __init__(self, fd: int, path: str) -> None:
-        size = os.fstat(fd).st_size
-        self.cur = _Cursor(fd, size, path)
+    def __init__(self, file: Readable, path: str) -> None:
+        size = file.size
+        self.cur = _Cursor(file, path)
         self.path = path
         if size < 16:
             raise MRCFileError(path, f"not a DigitalMicrograph file: only {size} bytes")
@@ -121,10 +129,10 @@ class TagParser:
         self.root = self._group(0, "root")
 
     @classmethod
-    def positioned(cls, fd: int, path: str, pos: int, version: int, byteorder: str = "<") -> TagParser:
+    def positioned(cls, file: Readable, path: str, pos: int, version: int, byteorder: str = "<") -> TagParser:
         """A parser for the tag at byte ``pos`` of an already-identified file."""
         parser = cls.__new__(cls)
-        parser.cur = _Cursor(fd, os.fstat(fd).st_size, path)
+        parser.cur = _Cursor(file, path)
         parser.cur.pos = pos
         parser.path, parser.version, parser.byteorder = path, version, byteorder
         parser.wide = ">i8" if version == 4 else ">i4"

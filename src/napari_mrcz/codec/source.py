@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import positioned
 from .dm import DMFile
 from .lazy import FrameCache
 from .stack import MRCStack
@@ -136,8 +137,10 @@ def _open_mrc(path: str) -> ImageSource:
         "save": {"compressor": h.compressor or DEFAULT_SAVE_COMPRESSOR, "clevel": DEFAULT_SAVE_CLEVEL},
     }
     common = dict(path=path, dtype=h.dtype, mrcz=mrcz, slices=h.slices, stats=stats, handle=stack)
-    # Plain data is memory-mapped: the OS pages frames in, nothing is copied.
-    mapped = stack.memmap() if not h.is_compressed else None
+    # Plain data is memory-mapped: the OS pages frames in, nothing is copied. Not where a
+    # mapped file cannot be renamed over (Windows): saving over it must be able to close it.
+    mappable = not (h.is_compressed or positioned.REPLACE_NEEDS_CLOSED_FILES)
+    mapped = stack.memmap() if mappable else None
     if nz == 1:
         data = mapped[0] if mapped is not None else stack.read(0, 1)[0]
         return ImageSource(shape=(ny, nx), scale=[py, px], units=["Å", "Å"], axis_labels=["y", "x"],

@@ -5,7 +5,7 @@ z-sections: by positioned reads straight into the caller's array for plain
 MRC, and by decompressing only the chunks asked for in MRCZ. The chunk index
 is built lazily, 16 bytes per chunk, so frames a..b of a 40 GB MRCZ cost a
 walk over chunk headers and those frames' chunks only. Positioned reads
-(``os.pread``) keep one open stack safe to use from several threads.
+(:mod:`.positioned`) keep one open stack safe to use from several threads.
 
 ``.gz`` and ``.bz2`` files are decompressed into memory when opened.
 """
@@ -15,10 +15,8 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
-import mmap
 import os
 import threading
-import weakref
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -29,71 +27,15 @@ from . import blosc_chunks
 from .errors import MRCFileError, TruncatedFileError
 from .extended import ExtendedHeader, read_extended
 from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, parse_header
+from .positioned import PositionedFile
 
 _READ_PIECE = 1 << 24
 
 
-def pread_into(fd: int, buf: memoryview, offset: int) -> int:
-    """Fill ``buf`` from byte ``offset`` of ``fd``; returns the bytes read (short only at EOF)."""
-    done, total = 0, len(buf)
-    while done < total:
-        got = os.preadv(fd, [buf[done:]], offset + done)
-        if got <= 0:
-            break
-        done += got
-    return done
-
-
-class _FileSource:
-    """Positioned reads from a file on disk, and zero-copy views of its chunks.
-
-    Chunks are decompressed straight from a read-only memory map; the pages
-    are dropped from this process right after (``MADV_DONTNEED``), so a full
-    read costs no more resident memory than the decoded array. The file size
-    is checked before each view, so a file truncated under us gives a clean
-    error instead of SIGBUS.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        # Closed by close(), or when dropped unclosed (a napari layer's file): never leaked.
-        self._closer = weakref.finalize(self, os.close, self.fd)
-        self.size = os.fstat(self.fd).st_size
-        self._map: mmap.mmap | None = None
-        self._map_lock = threading.Lock()
-
-    def pread(self, offset: int, n: int) -> bytes:
-        return os.pread(self.fd, n, offset)
-
-    def readinto(self, offset: int, buf: memoryview) -> int:
-        """Fill ``buf`` from ``offset``; returns the bytes read (short at EOF)."""
-        return pread_into(self.fd, buf, offset)
-
-    @contextlib.contextmanager
-    def view(self, offset: int, n: int) -> Iterator[memoryview]:
-        """A zero-copy view of bytes ``offset:offset + n``."""
-        if os.fstat(self.fd).st_size < offset + n:
-            raise TruncatedFileError(self.path, f"the file was truncated while open (byte {offset + n})")
-        with self._map_lock:
-            if self._map is None:
-                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
-            mapped = self._map
-        with memoryview(mapped) as whole, whole[offset:offset + n] as part:
-            yield part
-        start = offset - offset % mmap.PAGESIZE
-        mapped.madvise(mmap.MADV_DONTNEED, start, offset + n - start)
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        self._closer()
-        self.fd = -1
-
-
 class _MemorySource:
     """A gzip/bzip2 file, decompressed whole into memory."""
+
+    generation = 0  # never replaced under us: the bytes are ours
 
     def __init__(self, path: str, opener: Any) -> None:
         self.path = path
@@ -119,12 +61,15 @@ class _MemorySource:
     def view(self, offset: int, n: int) -> Iterator[memoryview]:
         yield self.data[offset:offset + n]
 
+    def in_use(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         pass
 
 
-def _open_source(path: str) -> _FileSource | _MemorySource:
-    src = _FileSource(path)
+def _open_source(path: str) -> PositionedFile | _MemorySource:
+    src = PositionedFile(path)
     magic = src.pread(0, 3)
     if magic[:2] == b"\x1f\x8b":
         src.close()
@@ -167,20 +112,43 @@ class MRCStack:
             self._src = _open_source(self.path)
         except IsADirectoryError as exc:
             raise MRCFileError(self.path, "is a directory, not an MRC file") from exc
+        self._conventions = dict(fileConvention=fileConvention, slices=slices)
         try:
-            self.header: MRCHeader = parse_header(
-                self._src.pread(0, HEADER_BYTES), self.path, self._src.size,
-                fileConvention=fileConvention, slices=slices, read_extended=self._src.pread)
+            self._read_header()
         except BaseException:
             self._src.close()
             raise
         self.shape = self.header.shape
         self.dtype = self.header.dtype
         self.n_threads = n_threads
+        self._index_lock = threading.Lock()
+
+    def _read_header(self) -> None:
+        self.header: MRCHeader = parse_header(
+            self._src.pread(0, HEADER_BYTES), self.path, self._src.size,
+            read_extended=self._src.pread, **self._conventions)
+        self._generation = self._src.generation
         self._offsets = [self.header.data_offset]
         self._versions: list[int] = []
-        self._index_lock = threading.Lock()
         self._extended: ExtendedHeader | None = None
+
+    def _follow_replacement(self) -> None:
+        """Read the header again if the file was replaced, and reopened, since it was read.
+
+        That happens where open files cannot be renamed over (Windows): a save
+        over this very file closes it for the rename, and the next read opens
+        the new file (see :func:`.positioned.released`). Its values are the
+        same; its layout, compression or data type may not be.
+        """
+        if self._src.generation == self._generation:
+            return
+        with self._index_lock:
+            if self._src.generation == self._generation:
+                return
+            self._read_header()
+        if self.header.shape != self.shape:
+            raise MRCFileError(self.path, f"the file was replaced by one of shape {self.header.shape} while "
+                                          f"open with shape {self.shape}: open it again")
 
     # -- life cycle -------------------------------------------------------
     def close(self) -> None:
@@ -326,15 +294,27 @@ class MRCStack:
             A chunk is damaged; the message names the file and the z-section.
 
         """
-        nz, ny, nx = self.shape
-        stop = nz if stop is None else stop
+        stop = self.shape[0] if stop is None else stop
         self._check_range(start, stop)
+        with self._src.in_use():
+            self._follow_replacement()
+            if self.header.dtype == self.dtype:
+                return self._read(start, stop, out, n_threads)
+            # Replaced by a file of another type (a save widened uint8): same values, our type.
+            decoded = self._read(start, stop, None, n_threads)
+        if out is None:
+            return decoded.astype(self.dtype)
+        out[...] = decoded
+        return out
+
+    def _read(self, start: int, stop: int, out: np.ndarray | None, n_threads: int | None) -> np.ndarray:
+        _, ny, nx = self.shape
         if self.header.is_compressed and stop > start:
             # Every chunk header states its decoded size: check them all before
             # allocating what the file header claims (a hostile one claims terabytes).
             self._index_to(stop - 1)
         if out is None:
-            out = np.empty((stop - start, ny, nx), dtype=self.dtype)
+            out = np.empty((stop - start, ny, nx), dtype=self.header.dtype)
         if stop == start:
             return out
         if not self.header.is_compressed:
