@@ -26,6 +26,7 @@ bench:
 	scripts/setup.sh bench
 	.venv/bin/python benchmarks/bench_codec.py
 	.venv/bin/python benchmarks/bench_dm.py
+	.venv/bin/python benchmarks/bench_portable.py
 	.venv/bin/python benchmarks/bench_batch.py
 	$(XVFB) .venv/bin/python benchmarks/bench_napari.py
 

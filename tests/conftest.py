@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +42,44 @@ def make_stack(rng: np.random.Generator, dtype: str, shape=(3, 20, 24)) -> np.nd
         return (rng.normal(size=shape) * 100).astype(dt)
     info = np.iinfo(dt)
     return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dt)
+
+
+def open_handles() -> int:
+    """Files (and other handles) this process holds open: descriptors on POSIX, handles on Windows."""
+    import psutil
+
+    me = psutil.Process()
+    return me.num_handles() if os.name == "nt" else me.num_fds()
+
+
+def kill_hard(process: subprocess.Popen) -> None:
+    """Kill a subprocess and what it started at once, as ``kill -9`` or a power cut would.
+
+    POSIX kills its session (start it with ``start_new_session=True``);
+    Windows terminates the process and its children.
+    """
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+    import psutil
+
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for member in family:
+        member.kill()
+    process.kill()
+
+
+def script(name: str) -> str:
+    """The console script ``name`` installed beside this Python (``name.exe`` on Windows)."""
+    import shutil
+    import sys
+
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is not installed beside {sys.executable}"
+    return found

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import selectors
 import shutil
 import signal
@@ -45,6 +44,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # Windows: no address-space cap (and no runs; see tests/test_fuzz.py)
+    resource = None
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_MRCZ_DATA", ROOT.parent / "shared" / "data"))
@@ -236,7 +240,8 @@ def child(memory: int, alloc: int) -> None:
 
     blosc_chunks.warm()
     warnings.simplefilter("ignore")
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if resource is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     tracemalloc.start()
     for line in sys.stdin:
         path = json.loads(line)["path"]

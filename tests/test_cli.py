@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from napari_mrcz import codec
 from napari_mrcz.codec.dm import DMFile
 
-from .conftest import data_path
+from .conftest import data_path, kill_hard, script
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -171,8 +170,7 @@ def movies(tmp_path_factory) -> Path:
 
 
 def dask_process(*args: str) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("dask")
-    return subprocess.Popen([str(exe), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    return subprocess.Popen([script("dask"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=ENV, start_new_session=True)
 
 
@@ -205,7 +203,7 @@ def test_a_scheduler_and_workers_on_127_0_0_1_finish_the_batch_when_a_worker_is_
                 "--scheduler", address, "--json"]
         command = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         wait_for(lambda: out.is_dir() and any(out.glob("movie_*.mrcz")), 120, "a first output")
-        os.killpg(workers[0].pid, signal.SIGKILL)  # a worker dies with tasks in flight and queued
+        kill_hard(workers[0])  # a worker dies with tasks in flight and queued
         assert len(list(out.glob("movie_*.mrcz"))) < 12, "killed mid-batch"
         stdout, stderr = command.communicate(timeout=300)
         assert command.returncode == 0, stderr
@@ -216,8 +214,7 @@ def test_a_scheduler_and_workers_on_127_0_0_1_finish_the_batch_when_a_worker_is_
         assert not list(out.glob(".*"))
     finally:
         for process in (*workers, scheduler):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            kill_hard(process)
             process.wait(timeout=30)
 
 
@@ -230,7 +227,7 @@ def test_killing_the_command_loses_nothing_and_a_rerun_completes(movies, tmp_pat
     try:
         wait_for(lambda: out.is_dir() and any(out.glob("movie_*.mrcz")), 120, "a first output")
     finally:
-        os.killpg(command.pid, signal.SIGKILL)  # as a power cut or kill -9 of the whole job would
+        kill_hard(command)  # as a power cut or kill -9 of the whole job would
         command.wait(timeout=30)
     finished = sorted(out.glob("movie_*.mrcz"))
     assert 0 < len(finished) < 12, "killed mid-batch"
@@ -247,8 +244,7 @@ def test_killing_the_command_loses_nothing_and_a_rerun_completes(movies, tmp_pat
 
 
 def test_the_console_script_and_a_codec_without_dask():
-    script = Path(sys.executable).with_name("napari-mrcz")
-    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([script("napari-mrcz"), "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("napari-mrcz ")
     check = ("import sys, napari_mrcz.codec, napari_mrcz.cli\n"
              "print(sorted(m for m in ('dask', 'distributed', 'napari', 'qtpy') if m in sys.modules))")

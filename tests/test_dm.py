@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import mrcz
@@ -14,7 +13,7 @@ from napari_mrcz import codec
 from napari_mrcz.codec import MRCFileError
 from napari_mrcz.codec.dm import DMFile
 
-from .conftest import data_path, expected, make_stack
+from .conftest import data_path, expected, make_stack, open_handles
 from .dm_writer import Hole, String, image_entry, write_dm
 
 DM_EXPECTED = expected("dm")
@@ -71,9 +70,9 @@ def test_read_dm4_matches_python_mrcz(name):
 
 def test_read_dm4_flips_the_second_axis_as_a_view_and_closes_the_file():
     path = data_path("dm", "ncempy_dmTest_3D_int16_64-65-66.dm4")
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_handles()
     dm = codec.readDM4(path)
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_handles() == before
     with DMFile(path) as plain:
         raw = plain.read()
     image = dm.im[1].imageData

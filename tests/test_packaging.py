@@ -8,14 +8,16 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
+from .conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_editable_install_ships_the_root_manifest_and_npe2_accepts_it():
     shipped = resources.files("napari_mrcz").joinpath("napari.yaml").read_text()
     assert shipped == (ROOT / "napari.yaml").read_text()
-    npe2 = Path(sys.executable).with_name("npe2")
-    result = subprocess.run([str(npe2), "validate", "napari-mrcz"], capture_output=True, text=True)
+    npe2 = script("npe2")
+    result = subprocess.run([npe2, "validate", "napari-mrcz"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in result.stdout
 
@@ -29,3 +31,20 @@ def test_wheel_ships_the_root_manifest(tmp_path):
         entry_points = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
         assert "napari-mrcz = napari_mrcz:napari.yaml" in zf.read(entry_points).decode()
         assert "napari_mrcz/codec/selftest/test_codec.py" in zf.namelist()
+
+
+def test_the_ci_workflow_covers_three_systems_and_four_pythons():
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    job = workflow["jobs"]["test"]
+    assert job["strategy"]["matrix"] == {"platform": ["ubuntu-latest", "windows-latest", "macos-latest"],
+                                         "python-version": ["3.10", "3.11", "3.12", "3.13"]}
+    steps = {step.get("name", step.get("uses")): step for step in job["steps"]}
+    assert steps["make test"]["run"] == "make test" and steps["make test"]["if"] == "runner.os == 'Linux'"
+    assert "pytest" in steps["pytest"]["with"]["run"] and steps["pytest"]["if"] == "runner.os != 'Linux'"
+    from importlib.metadata import metadata
+
+    classifiers = metadata("napari-mrcz").get_all("Classifier")
+    assert {"Operating System :: Microsoft :: Windows", "Operating System :: MacOS",
+            "Operating System :: POSIX :: Linux"} <= set(classifiers)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +25,17 @@ _CACHE_BYTES = 512 << 20
 
 
 def _idle_priority() -> None:
-    """Run this (prefetch) thread at the lowest CPU priority: the viewer must never wait for it."""
+    """Run this (prefetch) thread at the lowest CPU priority: the viewer must never wait for it.
+
+    Only Linux takes a thread id where ``setpriority`` takes a process id
+    (elsewhere that number could name another process); other systems, or a
+    refusal, prefetch at normal priority.
+    """
+    if not sys.platform.startswith("linux"):
+        return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not allowed: prefetch at normal priority
+    except (AttributeError, OSError):  # os.setpriority missing, or not allowed
         pass
 
 
