@@ -70,12 +70,17 @@ def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compr
 
 
 def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
+    # dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which turns off glibc's adaptive mmap
+    # threshold: every frame-sized buffer is then mapped and page-faulted afresh, 30-40 % of the
+    # time of a file here (docs/scaling.md). Our workers hold a few frames; leave malloc as it is.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
     return Client(cluster), cluster
 
 

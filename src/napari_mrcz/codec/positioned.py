@@ -98,9 +98,18 @@ class PositionedFile:
         self._closer = weakref.finalize(self, _close_all, self._fd, self._handles)
 
     # -- who may use the descriptor -------------------------------------------
+    def in_use(self) -> contextlib.AbstractContextManager[int]:
+        """Keep the file open for the duration of the block (reopening it if it was released).
+
+        Only where :func:`released` closes files (Windows) is this counted;
+        elsewhere nothing closes a file under a read, and reads pay nothing.
+        """
+        if not REPLACE_NEEDS_CLOSED_FILES:
+            return contextlib.nullcontext(self._fd)
+        return self._counted_use()
+
     @contextlib.contextmanager
-    def in_use(self) -> Iterator[int]:
-        """Keep the file open for the duration of the block (reopening it if it was released)."""
+    def _counted_use(self) -> Iterator[int]:
         with self._state:
             while self._held_back:
                 self._state.wait()

@@ -110,8 +110,10 @@ class MRCStack:
         self.path = os.fspath(path)
         try:
             self._src = _open_source(self.path)
-        except IsADirectoryError as exc:
-            raise MRCFileError(self.path, "is a directory, not an MRC file") from exc
+        except OSError as exc:  # Windows says PermissionError where POSIX says IsADirectoryError
+            if os.path.isdir(self.path):
+                raise MRCFileError(self.path, "is a directory, not an MRC file") from exc
+            raise
         self._conventions = dict(fileConvention=fileConvention, slices=slices)
         try:
             self._read_header()
