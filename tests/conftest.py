@@ -28,6 +28,18 @@ def expected(folder: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory):
+    """Pyramids built by the tests go to a folder of the run, never to the user's cache."""
+    old = os.environ.get("NAPARI_MRCZ_CACHE_DIR")
+    os.environ["NAPARI_MRCZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("pyramid-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NAPARI_MRCZ_CACHE_DIR", None)
+    else:
+        os.environ["NAPARI_MRCZ_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ._pyramid import VolumeFill, wants_pyramid, watch
 from .codec.blosc_chunks import warm
+from .codec.export import source_sections
 from .codec.lazy import LazyStack
 from .codec.source import ImageSource, open_image
 
@@ -116,5 +118,20 @@ def layer_data(source: ImageSource) -> list[LayerData]:
                     view = fn(arr).astype(real)
                 complex_variants.append((f"{label} ({part})", view, fn))
         variants = complex_variants
+    if len(variants) == 1 and variants[0][2] is None and wants_pyramid(source):
+        return [(_multiscale(source, data), {**base, "name": name, "multiscale": True,
+                                             "contrast_limits": _contrast(source, None)}, "image")]
     return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
             for label, arr, fn in variants]
+
+
+def _multiscale(source: ImageSource, full: Any) -> list[Any]:
+    """A large volume's levels: the lazy full-size one, then the binned ones (filled in the background)."""
+    from napari import current_viewer
+
+    sections = source_sections(source)  # read from the file, not through the viewer's frame cache
+    fill = VolumeFill(source, sections.__getitem__)
+    viewer = current_viewer()
+    if viewer is not None:
+        watch(viewer)
+    return [full, *fill.levels]

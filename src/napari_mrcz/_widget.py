@@ -78,6 +78,11 @@ def unit_symbol(unit: Any) -> str:
         return SYMBOLS.get(str(unit), str(unit))
 
 
+def full_size(layer: Any) -> Any:
+    """A layer's data at full size (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 class MRCZWidget(Container):
     """File facts, pixel sizes and units, voltage, C3, gain, save settings and header of the selected layer.
 
@@ -209,7 +214,7 @@ class MRCZWidget(Container):
             label.setFixedWidth(width + 8)
 
     def _summarise(self) -> None:
-        data, meta = self.layer.data, self.mrcz()
+        data, meta = full_size(self.layer), self.mrcz()
         nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
         shape = " × ".join(map(str, data.shape))
         if meta.get("format"):
@@ -234,7 +239,7 @@ class MRCZWidget(Container):
             k = int(round(float(self.layer.world_to_data(self.viewer.dims.point)[-3])))
         except (IndexError, ValueError):
             k = 0
-        self.inspector.show_section(min(max(k, 0), self.layer.data.shape[-3] - 1))
+        self.inspector.show_section(min(max(k, 0), full_size(self.layer).shape[-3] - 1))
 
     def show_inspector(self, visible: bool = True) -> None:
         """Open (or close) the header inspector."""
@@ -306,7 +311,7 @@ class MRCZWidget(Container):
         from napari.qt.threading import create_worker
 
         layer = self.layer
-        attributes = {"scale": list(layer.scale), "units": list(layer.units),
+        attributes = {"scale": list(layer.scale), "units": list(layer.units), "multiscale": layer.multiscale,
                       "axis_labels": list(layer.axis_labels), "metadata": layer.metadata, "rgb": layer.rgb}
         worker = create_worker(save_layer, path, layer.data, attributes, True, _start_thread=False)
         self._saves.add(worker)
@@ -327,9 +332,11 @@ class MRCZWidget(Container):
         layer = self.layer
         if self._load is not None:
             return self._load
-        if layer is None or (isinstance(layer.data, np.ndarray) and not isinstance(layer.data, np.memmap)):
+        if layer is None:
             return None
-        data = layer.data
+        data = full_size(layer)
+        if isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
+            return None
         n = int(data.shape[0])
 
         def decode():
@@ -344,7 +351,7 @@ class MRCZWidget(Container):
 
         def loaded(array: np.ndarray) -> None:
             if self._load is worker and not self._load_cancelled:
-                layer.data = array
+                layer.data = [array, *list(layer.data)[1:]] if layer.multiscale else array
                 if layer == self.layer:  # napari hands plugins proxies: compare, not `is`
                     self._summarise()
 

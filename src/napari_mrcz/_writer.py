@@ -74,6 +74,8 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
         # A TypeError, as for data types MRC cannot store: napari would swallow a ValueError
         # from a writer and tell the user the plugin "is not a valid writer".
         raise UnsupportedImageError(f"{path}: MRC cannot store RGB images")
+    if attributes.get("multiscale"):  # a large volume: its full-size level is the data
+        data = data[0]
     metadata = dict(attributes.get("metadata") or {})
     mrcz = dict(metadata.pop("mrcz", None) or {})
     labels = list(attributes.get("axis_labels") or [])

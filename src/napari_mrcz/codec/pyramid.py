@@ -11,7 +11,8 @@ viewer can show the planes already binned while the rest is read. It can be
 cancelled between frames.
 
 :class:`PyramidCache` keeps finished levels as ``.npy`` files in the user's
-cache folder (``platformdirs``), keyed by the source's path, size and
+cache folder (``platformdirs``; ``NAPARI_MRCZ_CACHE_DIR`` puts it elsewhere,
+say on a scratch disk), keyed by the source's path, size and
 modification time, so reopening a tomogram finds its levels at once. An entry
 counts only when its manifest says it is complete and every level's size and
 CRC-32 match; anything else (a build that was interrupted, a damaged file, a
@@ -37,7 +38,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,16 @@ class PyramidBuilder:
         BuildCancelledError
             ``cancel`` was set; the levels hold the planes finished so far.
         """
+        for i in self.steps(on_plane):
+            if cancel is not None and cancel.is_set() and i < self.shape[0]:
+                raise BuildCancelledError(f"stopped after {i} of {self.shape[0]} frames")
+
+    def steps(self, on_plane: Callable[[int, int], None] | None = None) -> Iterator[int]:
+        """:meth:`run` one frame at a time: yields how many frames are done (a viewer's progress)."""
         nz = self.shape[0]
         pending: list[BlockSums | None] = [None] * len(self.levels)
         self.frames_done = 0
         for i in range(nz):
-            if cancel is not None and cancel.is_set():
-                raise BuildCancelledError(f"stopped after {i} of {nz} frames")
             sums = frame_sums(np.asarray(self.read_frame(i)), 2)
             for k in range(len(self.levels)):
                 if k:
@@ -124,12 +129,17 @@ class PyramidBuilder:
                     if on_plane is not None:
                         on_plane(k + 1, z)
             self.frames_done = i + 1
-        for level in self.levels:
-            if isinstance(level, np.memmap):
-                level.flush()
+            if i == nz - 1:
+                for level in self.levels:
+                    if isinstance(level, np.memmap):
+                        level.flush()
+            yield self.frames_done
 
 
 def _cache_root() -> Path:
+    chosen = os.environ.get("NAPARI_MRCZ_CACHE_DIR")
+    if chosen:
+        return Path(chosen)
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("napari-mrcz", appauthor=False)) / "pyramids"
@@ -186,7 +196,8 @@ class PyramidCache:
     Parameters
     ----------
     root
-        The cache folder (default: the user's cache folder for napari-mrcz, by platformdirs).
+        The cache folder (default: ``NAPARI_MRCZ_CACHE_DIR``, or the user's cache folder for
+        napari-mrcz, by platformdirs).
     limit_bytes
         The most the cache keeps (default: ``NAPARI_MRCZ_CACHE_GB`` GB, or 20 GB).
     """

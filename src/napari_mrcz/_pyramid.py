@@ -1,0 +1,134 @@
+"""Large volumes as multiscale layers: the codec's pyramid, filled in the background, wired to napari.
+
+Thin by design: :mod:`napari_mrcz.codec.pyramid` plans, builds and caches the
+levels; this module gives napari the level arrays at once (memory maps in the
+cache, filled as the build goes, or a cache hit), runs the build in napari's
+thread worker with its progress bar, refreshes the layer as planes finish
+(at most every ``REFRESH_S``), and stops the build when the layer is removed.
+In 3D napari draws the coarsest level, so a tomogram appears as soon as its
+first planes are binned; in 2D, zooming out on huge planes uses the coarse
+levels.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .codec.pyramid import CacheEntry, PyramidBuilder, PyramidCache, plan_levels
+from .codec.source import ImageSource
+
+#: Shortest time between two refreshes of a filling layer (each uploads the coarsest level anew).
+REFRESH_S = 0.5
+
+#: The fills under way, by the id of their first coarse level (what the layer holds).
+_FILLS: dict[int, VolumeFill] = {}
+
+
+def wants_pyramid(source: ImageSource) -> bool:
+    """A volume (not a movie or tilt series) large enough to get coarse levels."""
+    return (len(source.shape) == 3 and not source.rgb and not source.mrcz.get("stack")
+            and source.slices <= 1 and np.dtype(source.dtype).kind in "biuf"
+            and bool(plan_levels(source.shape)))
+
+
+class VolumeFill:
+    """The coarse levels of one opened volume, and the background pass that fills them."""
+
+    def __init__(self, source: ImageSource, read_frame: Any, cache: PyramidCache | None = None) -> None:
+        self.source, self.read_frame = source, read_frame
+        self.cache = cache if cache is not None else PyramidCache()
+        shapes = plan_levels(source.shape)
+        found = self.cache.find(source.path)
+        self.entry: CacheEntry | None = None
+        if found is not None and [lv.shape for lv in found] == shapes:
+            self.levels: list[np.ndarray] = list(found)
+            self.complete = True
+        else:
+            self.entry = self.cache.new_entry(source.path, shapes)
+            self.levels = self.entry.open_levels("w+")
+            self.complete = False
+        self.worker: Any = None
+        self._layer: weakref.ref | None = None
+        self._last_refresh = 0.0
+        _FILLS[id(self.levels[0])] = self
+
+    # -- the background pass ------------------------------------------------
+    def _frames(self) -> Any:
+        builder = PyramidBuilder(self.read_frame, self.source.shape, self.levels)
+        yield from builder.steps()
+        assert self.entry is not None
+        self.entry.finish(self.levels)
+        self.cache.evict(keep=self.entry.folder)
+        self.complete = True
+
+    def start(self) -> None:
+        """Start filling in napari's thread worker (a progress bar in the activity dock)."""
+        if self.complete or self.worker is not None:
+            return
+        from napari.qt.threading import create_worker
+
+        name = Path(self.source.path).name
+        self.worker = create_worker(self._frames, _progress={"total": self.source.shape[0],
+                                                             "desc": f"Binning {name} for 3D"})
+        self.worker.yielded.connect(self._on_frame)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop filling (the planes done stay; the layer stays usable; nothing is cached)."""
+        if self.worker is not None and not self.complete:
+            self.worker.quit()
+
+    def attach(self, layer: Any) -> None:
+        """The layer showing these levels: refreshed as planes finish."""
+        self._layer = weakref.ref(layer)
+
+    def _refresh(self) -> None:
+        layer = self._layer() if self._layer is not None else None
+        if layer is not None:
+            layer.refresh()
+        self._last_refresh = time.monotonic()
+
+    def _on_frame(self, done: int) -> None:
+        if time.monotonic() - self._last_refresh >= REFRESH_S:
+            self._refresh()
+
+    def _on_finished(self) -> None:
+        if not self.complete and self.entry is not None:  # cancelled: nothing of it is kept
+            shutil.rmtree(self.entry.folder, ignore_errors=True)
+        self._refresh()
+
+
+def fill_of(layer: Any) -> VolumeFill | None:
+    """The fill of a multiscale layer this plugin opened, if any."""
+    if not getattr(layer, "multiscale", False) or len(layer.data) < 2:
+        return None
+    return _FILLS.get(id(layer.data[1]))
+
+
+def watch(viewer: Any) -> None:
+    """Start fills when their layers are added to ``viewer``, and stop them when removed (once per viewer)."""
+    if getattr(viewer, "_napari_mrcz_watched", False):
+        return
+    viewer._napari_mrcz_watched = True
+
+    def inserted(event: Any) -> None:
+        fill = fill_of(event.value)
+        if fill is not None:
+            fill.attach(event.value)
+            fill.start()
+
+    def removed(event: Any) -> None:
+        fill = fill_of(event.value)
+        if fill is not None:
+            fill.cancel()
+            _FILLS.pop(id(fill.levels[0]), None)
+
+    viewer.layers.events.inserted.connect(inserted)
+    viewer.layers.events.removed.connect(removed)

@@ -1,0 +1,176 @@
+"""Large volumes in a real napari window: multiscale layers, 3D from a coarse level filled behind."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from napari_mrcz import codec
+from napari_mrcz._pyramid import fill_of
+
+PLUGIN = "napari-mrcz"
+SHAPE = (512, 1024, 1024)  # float32: 2.1 GB
+
+
+class Planes:
+    """A (512, 1024, 1024) float32 volume made frame by frame (written without holding 2 GB)."""
+
+    shape, dtype, ndim = SHAPE, np.dtype(np.float32), 3
+
+    def __init__(self) -> None:
+        y, x = np.mgrid[0:SHAPE[1], 0:SHAPE[2]].astype(np.float32)
+        self.base = np.sin(x / 37.0) * np.cos(y / 53.0)
+
+    def __len__(self) -> int:
+        return SHAPE[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.base + np.float32(np.sin(i / 20.0))
+
+
+@pytest.fixture(scope="module")
+def big_volume(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "tomogram.rec"
+    codec.writeMRC(Planes(), path, pixelsize=[8.0, 8.0, 8.0])
+    return path
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MRCZ_CACHE_DIR", str(tmp_path / "cache"))  # each test its own pyramid cache
+    return make_napari_viewer(show=True)
+
+
+class Gaps:
+    """The longest time the event loop went without running a 5 ms timer, and peak RSS, while on."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(self._tick)
+        self.longest, self.peak_rss, self._last = 0.0, 0, None
+        self._me = psutil.Process()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.longest = max(self.longest, now - self._last)
+        self._last = now
+        self.peak_rss = max(self.peak_rss, self._me.memory_info().rss)
+
+    def __enter__(self) -> Gaps:
+        self._last = None
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.stop()
+
+
+def wait_filled(qtbot, fill, timeout_s: float = 120) -> None:
+    qtbot.waitUntil(lambda: fill.complete, timeout=int(timeout_s * 1000))
+
+
+def drawn(viewer) -> float:
+    return float(viewer.screenshot(canvas_only=True)[..., :3].std())
+
+
+def napari_own_cost(viewer, qtbot, array: np.ndarray) -> float:
+    """How long napari blocks the event loop to show an in-memory volume of this size in 3D."""
+    with Gaps() as gaps:
+        qtbot.wait(50)
+        layer = viewer.add_image(np.array(array), name="in memory")
+        qtbot.wait(300)
+    viewer.layers.remove(layer)
+    return gaps.longest
+
+
+def test_a_multi_gb_tomogram_shows_in_3d_while_its_coarse_level_fills(viewer, qtbot, big_volume):
+    rss_before = psutil.Process().memory_info().rss
+    (layer,) = viewer.open(str(big_volume), plugin=PLUGIN)
+    assert layer.multiscale
+    assert [tuple(level.shape) for level in layer.data] == [SHAPE, (256, 512, 512), (128, 256, 256)]
+    fill = fill_of(layer)
+    assert fill is not None and not fill.complete
+    with Gaps() as gaps:
+        viewer.dims.ndisplay = 3
+        qtbot.waitUntil(lambda: fill.worker is not None and fill.levels[-1][8].any(), timeout=30000)
+    assert drawn(viewer) > 5, "the first binned planes are on the canvas while the rest fills"
+    with gaps:
+        wait_filled(qtbot, fill)
+        qtbot.wait(int(1000 * 0.6))  # the last refresh
+    assert drawn(viewer) > 5
+    levels_bytes = sum(level.nbytes for level in fill.levels)
+    # Memory: a bounded working set plus the coarse levels, not the 2.1 GB volume.
+    assert gaps.peak_rss - rss_before < levels_bytes + (600 << 20), (gaps.peak_rss - rss_before) / 1e6
+    # Values: block means of the file, as the codec computes them (spot-checked planes).
+    with codec.MRCStack(big_volume) as stack:
+        block = stack.read(40, 44)
+    want = block.reshape(1, 4, 256, 4, 256, 4).mean(axis=(1, 3, 5), dtype=np.float64)[0].astype(np.float32)
+    np.testing.assert_allclose(fill.levels[1][10], want, rtol=1e-6, atol=1e-6)
+    # The event loop never stopped longer than napari itself takes to show the coarse level.
+    budget = napari_own_cost(viewer, qtbot, fill.levels[-1]) + 0.05
+    assert gaps.longest <= budget, (gaps.longest, budget)
+
+
+def test_reopening_finds_the_levels_in_the_cache(viewer, qtbot, big_volume):
+    (layer,) = viewer.open(str(big_volume), plugin=PLUGIN)
+    fill = fill_of(layer)
+    wait_filled(qtbot, fill)
+    coarsest = np.array(fill.levels[-1])
+    viewer.layers.remove(layer)
+    (again,) = viewer.open(str(big_volume), plugin=PLUGIN)
+    refill = fill_of(again)
+    assert refill.complete and refill.worker is None, "no second pass: the cache answered"
+    np.testing.assert_array_equal(np.asarray(refill.levels[-1]), coarsest)
+    viewer.dims.ndisplay = 3
+    qtbot.wait(300)
+    assert drawn(viewer) > 5
+
+
+def test_removing_the_layer_stops_the_fill_and_caches_nothing(viewer, qtbot, big_volume):
+    (layer,) = viewer.open(str(big_volume), plugin=PLUGIN)
+    fill = fill_of(layer)
+    qtbot.waitUntil(lambda: fill.worker is not None, timeout=10000)
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: not fill.worker.is_running, timeout=30000)
+    assert not fill.complete
+    assert not (fill.entry.folder / "manifest.json").exists() and not fill.entry.folder.exists()
+
+
+def test_a_cancelled_fill_leaves_the_layer_usable(viewer, qtbot, big_volume):
+    (layer,) = viewer.open(str(big_volume), plugin=PLUGIN)
+    fill = fill_of(layer)
+    qtbot.waitUntil(lambda: fill.worker is not None, timeout=10000)
+    fill.cancel()
+    qtbot.waitUntil(lambda: not fill.worker.is_running, timeout=30000)
+    assert not fill.complete
+    viewer.dims.set_point(0, 100 * 8.0)  # plane 100 in 2D, at full size
+    qtbot.wait(300)
+    assert drawn(viewer) > 5
+    with codec.MRCStack(big_volume) as stack:
+        np.testing.assert_array_equal(np.asarray(layer.data[0][100]), stack.read(100, 101)[0])
+    viewer.dims.ndisplay = 3
+    qtbot.wait(300)
+    assert layer.visible and viewer.layers[-1] is layer
+
+
+def test_a_multiscale_layer_saves_and_loads_at_full_size(viewer, qtbot, tmp_path, rng):
+    volume = rng.normal(size=(80, 512, 512)).astype(np.float32)  # 84 MB: two levels
+    path = tmp_path / "map.mrc"
+    codec.writeMRC(volume, path, pixelsize=[4.0, 4.0, 4.0])
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    assert layer.multiscale
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
+    assert "80 × 512 × 512" in widget.summary.value
+    layer.save(str(tmp_path / "copy.mrcz"), plugin=PLUGIN)
+    np.testing.assert_array_equal(codec.readMRC(str(tmp_path / "copy.mrcz"))[0], volume)
+    worker = widget.load_into_memory()
+    qtbot.waitUntil(lambda: widget._load is None, timeout=30000)
+    assert worker is not None and layer.multiscale and not isinstance(layer.data[0], np.memmap)
+    np.testing.assert_array_equal(layer.data[0], volume)
