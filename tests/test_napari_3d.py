@@ -126,11 +126,24 @@ def test_reopening_finds_the_levels_in_the_cache(viewer, qtbot, big_volume):
     viewer.layers.remove(layer)
     (again,) = viewer.open(str(big_volume), plugin=PLUGIN)
     refill = fill_of(again)
-    assert refill.complete and refill.worker is None, "no second pass: the cache answered"
-    np.testing.assert_array_equal(np.asarray(refill.levels[-1]), coarsest)
+    assert refill.cached
+    np.testing.assert_array_equal(np.asarray(refill.levels[-1]), coarsest)  # shown at once
     viewer.dims.ndisplay = 3
     qtbot.wait(300)
     assert drawn(viewer) > 5
+    wait_filled(qtbot, refill, timeout_s=30)
+    assert not refill.rebuilt, "its checksums matched: no second pass over the file"
+    viewer.layers.remove(again)
+    # A damaged level is caught by its checksum and rebuilt in place, then shown right.
+    level = refill.entry.level_path(2)
+    with open(level, "r+b") as f:
+        f.seek(-4096, 2)
+        f.write(b"\xff" * 4096)
+    (third,) = viewer.open(str(big_volume), plugin=PLUGIN)
+    fill = fill_of(third)
+    wait_filled(qtbot, fill)
+    assert fill.cached and fill.rebuilt
+    np.testing.assert_array_equal(np.asarray(fill.levels[-1]), coarsest)
 
 
 def test_removing_the_layer_stops_the_fill_and_caches_nothing(viewer, qtbot, big_volume):

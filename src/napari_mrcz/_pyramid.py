@@ -2,8 +2,9 @@
 
 Thin by design: :mod:`napari_mrcz.codec.pyramid` plans, builds and caches the
 levels; this module gives napari the level arrays at once (memory maps in the
-cache, filled as the build goes, or a cache hit), runs the build in napari's
-thread worker with its progress bar, refreshes the layer as planes finish
+cache, filled as the build goes, or a cache hit whose checksums the worker
+checks before it is trusted), runs the build in napari's thread worker with
+its progress bar, refreshes the layer as planes finish
 (at most every ``REFRESH_S``), and stops the build when the layer is removed.
 In 3D napari draws the coarsest level, so a tomogram appears as soon as its
 first planes are binned; in 2D, zooming out on huge planes uses the coarse
@@ -44,15 +45,16 @@ class VolumeFill:
         self.source, self.read_frame = source, read_frame
         self.cache = cache if cache is not None else PyramidCache()
         shapes = plan_levels(source.shape)
-        found = self.cache.find(source.path)
-        self.entry: CacheEntry | None = None
-        if found is not None and [lv.shape for lv in found] == shapes:
-            self.levels: list[np.ndarray] = list(found)
-            self.complete = True
+        # Checked at once (manifest, shapes); the values' CRC-32s in the worker, off the event loop.
+        found = self.cache.find(source.path, verify=False)
+        self.cached = found is not None and found.shapes == shapes
+        if self.cached:
+            self.entry: CacheEntry = found
+            self.levels: list[np.ndarray] = self.entry.open_levels("r+")  # rebuilt in place if damaged
         else:
             self.entry = self.cache.new_entry(source.path, shapes)
             self.levels = self.entry.open_levels("w+")
-            self.complete = False
+        self.complete = self.rebuilt = False
         self.worker: Any = None
         self._layer: weakref.ref | None = None
         self._last_refresh = 0.0
@@ -60,15 +62,19 @@ class VolumeFill:
 
     # -- the background pass ------------------------------------------------
     def _frames(self) -> Any:
+        if self.cached and self.entry.verified():
+            self.complete = True
+            return
+        self.entry.invalidate()  # damaged (or new): built again, in these very files
+        self.rebuilt = self.cached
         builder = PyramidBuilder(self.read_frame, self.source.shape, self.levels)
         yield from builder.steps()
-        assert self.entry is not None
         self.entry.finish(self.levels)
         self.cache.evict(keep=self.entry.folder)
         self.complete = True
 
     def start(self) -> None:
-        """Start filling in napari's thread worker (a progress bar in the activity dock)."""
+        """Start checking, or filling, in napari's thread worker (a progress bar in the activity dock)."""
         if self.complete or self.worker is not None:
             return
         from napari.qt.threading import create_worker
@@ -100,7 +106,7 @@ class VolumeFill:
             self._refresh()
 
     def _on_finished(self) -> None:
-        if not self.complete and self.entry is not None:  # cancelled: nothing of it is kept
+        if not self.complete and self.entry.crcs is None:  # a build was cancelled: nothing of it is kept
             shutil.rmtree(self.entry.folder, ignore_errors=True)
         self._refresh()
 

@@ -164,24 +164,58 @@ def _crc(array: np.ndarray) -> int:
 class CacheEntry:
     """One source's levels in the cache: ``.npy`` files and a manifest written last."""
 
-    def __init__(self, folder: Path, source: dict[str, Any], shapes: list[tuple[int, ...]]) -> None:
-        self.folder, self.source, self.shapes = folder, source, shapes
+    def __init__(self, folder: Path, source: dict[str, Any], shapes: list[tuple[int, ...]],
+                 crcs: list[int] | None = None) -> None:
+        self.folder, self.source, self.shapes, self.crcs = folder, source, shapes, crcs
+
+    @classmethod
+    def load(cls, folder: Path, source: dict[str, Any]) -> CacheEntry | None:
+        """The entry in ``folder`` if its manifest is complete, for ``source``, with files of its shapes."""
+        try:
+            manifest = json.loads((folder / _MANIFEST).read_text())
+            if (manifest.get("format") != _FORMAT or not manifest.get("complete")
+                    or manifest.get("source") != source):
+                return None
+            entry = cls(folder, source, [tuple(lv["shape"]) for lv in manifest["levels"]],
+                        [int(lv["crc32"]) for lv in manifest["levels"]])
+            for level, shape in zip(entry.open_levels("r"), entry.shapes, strict=True):
+                if level.dtype != np.float32 or level.shape != shape:
+                    return None
+            return entry
+        except (OSError, ValueError, KeyError, TypeError):  # missing, truncated, not JSON: not trusted
+            return None
 
     def level_path(self, k: int) -> Path:
         """The file of level ``k`` (1 = binned 2x)."""
         return self.folder / f"level{k}.npy"
 
     def open_levels(self, mode: str = "r") -> list[np.memmap]:
-        """The levels as memory maps (``'w+'`` creates them, zero-filled)."""
+        """The levels as memory maps (``'w+'`` creates them, zero-filled; ``'r+'`` to rebuild in place)."""
         if mode == "w+":
             return [np.lib.format.open_memmap(self.level_path(k + 1), mode="w+", dtype=np.float32,
                                               shape=shape) for k, shape in enumerate(self.shapes)]
-        return [np.load(self.level_path(k + 1), mmap_mode="r") for k in range(len(self.shapes))]
+        return [np.load(self.level_path(k + 1), mmap_mode=mode) for k in range(len(self.shapes))]
+
+    def verified(self) -> bool:
+        """Whether every level's CRC-32 is the manifest's (reads every level once)."""
+        try:
+            levels = self.open_levels("r")
+            return self.crcs is not None and [_crc(level) for level in levels] == self.crcs
+        except (OSError, ValueError):
+            return False
+
+    def invalidate(self) -> None:
+        """No longer trust this entry (its manifest goes; the files may be rebuilt in place)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / _MANIFEST).unlink()
+        self.crcs = None
 
     def finish(self, levels: list[np.ndarray]) -> None:
         """Record the levels as complete, with their CRC-32s (the manifest is written last, atomically)."""
+        self.crcs = [_crc(a) for a in levels]
         manifest = {"format": _FORMAT, "source": self.source, "complete": True,
-                    "levels": [{"shape": list(a.shape), "crc32": _crc(a)} for a in levels]}
+                    "levels": [{"shape": list(a.shape), "crc32": crc} for a, crc in zip(levels, self.crcs,
+                                                                                       strict=True)]}
         with atomic_write(self.folder / _MANIFEST) as f:
             f.write(json.dumps(manifest, indent=1).encode())
 
@@ -208,32 +242,21 @@ class PyramidCache:
             limit_bytes = int(float(os.environ.get("NAPARI_MRCZ_CACHE_GB", DEFAULT_CACHE_GB)) * 1e9)
         self.limit_bytes = limit_bytes
 
-    def find(self, path: str | os.PathLike) -> list[np.memmap] | None:
-        """The levels of ``path`` if a complete, undamaged entry for its current state exists."""
+    def find(self, path: str | os.PathLike, verify: bool = True) -> CacheEntry | None:
+        """The entry of ``path``'s current state, if complete (and, with ``verify``, undamaged).
+
+        Without ``verify`` only the manifest and the files' shapes are checked
+        (instant, for a viewer that shows the levels at once): the caller must
+        then run :meth:`CacheEntry.verified` before it trusts the values.
+        """
         key, source = source_key(path)
         for folder in sorted(self.root.glob(f"{key}*")) if self.root.is_dir() else []:
-            levels = self._valid(folder, source)
-            if levels is not None:
+            entry = CacheEntry.load(folder, source)
+            if entry is not None and (not verify or entry.verified()):
                 with contextlib.suppress(OSError):
                     os.utime(folder / _MANIFEST)  # most recently used
-                return levels
+                return entry
         return None
-
-    def _valid(self, folder: Path, source: dict[str, Any]) -> list[np.memmap] | None:
-        try:
-            manifest = json.loads((folder / _MANIFEST).read_text())
-            if (manifest.get("format") != _FORMAT or not manifest.get("complete")
-                    or manifest.get("source") != source):
-                return None
-            entry = CacheEntry(folder, source, [tuple(lv["shape"]) for lv in manifest["levels"]])
-            levels = entry.open_levels("r")
-            for level, recorded in zip(levels, manifest["levels"], strict=True):
-                if (level.dtype != np.float32 or list(level.shape) != recorded["shape"]
-                        or _crc(level) != recorded["crc32"]):
-                    return None
-            return levels
-        except (OSError, ValueError, KeyError, TypeError):  # missing, truncated, not JSON: not trusted
-            return None
 
     def new_entry(self, path: str | os.PathLike, shapes: list[tuple[int, ...]]) -> CacheEntry:
         """A fresh folder for ``path``'s levels (one per build: concurrent builds never share files)."""
@@ -292,10 +315,11 @@ def build(read_frame: Callable[[int], np.ndarray], shape: tuple[int, int, int], 
     if not shapes:
         return []
     found = cache.find(path)
-    if found is not None and [lv.shape for lv in found] == shapes:
+    if found is not None and found.shapes == shapes:
+        levels = found.open_levels("r")
         if on_levels is not None:
-            on_levels(found)
-        return found
+            on_levels(levels)
+        return levels
     entry = cache.new_entry(path, shapes)
     try:
         levels = entry.open_levels("w+")
