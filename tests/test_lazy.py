@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_mrcz import codec
-from napari_mrcz.codec.lazy import FrameCache, LazyStack
+from napari_mrcz.codec.lazy import FrameBudget, FrameCache, LazyStack
 from napari_mrcz.codec.source import open_image
 
 from .conftest import make_stack
@@ -88,13 +88,38 @@ def test_a_jump_prefetches_nothing(stack):
 def test_the_cache_is_bounded(rng):
     data = make_stack(rng, "uint16", shape=(40, 4, 4))
     read, calls = counting(data)
-    cache = FrameCache(read, 40, 512 << 20, prefetch=0)  # a frame "as big as" the whole budget
+    budget = FrameBudget(limit_bytes=4 * data[0].nbytes)
+    cache = FrameCache(read, 40, data[0].nbytes, prefetch=0, budget=budget)
     lazy = LazyStack(cache, data.shape[1:], data.dtype)
     for i in range(10):
         lazy[i]
-    assert len(cache._frames) == cache.capacity == 4
+    assert len(cache._frames) == 4 and budget.used == 4 * data[0].nbytes
     lazy[0]
     assert calls.count((0, False)) == 2, "frame 0 was evicted and decoded again"
+
+
+def test_all_open_files_share_one_budget(rng):
+    """Two files viewed in turn keep no more than the budget between them, oldest frames going first."""
+    a, b = make_stack(rng, "float32", shape=(20, 8, 8)), make_stack(rng, "float32", shape=(20, 8, 8))
+    budget = FrameBudget(limit_bytes=6 * a[0].nbytes)
+    (read_a, calls_a), (read_b, _) = counting(a), counting(b)
+    first = FrameCache(read_a, 20, a[0].nbytes, prefetch=0, budget=budget)
+    second = FrameCache(read_b, 20, b[0].nbytes, prefetch=0, budget=budget)
+    for i in range(5):
+        first.get(i)
+    for i in range(4):
+        second.get(i)
+    assert len(first._frames) + len(second._frames) == 6 and budget.used == 6 * a[0].nbytes
+    assert sorted(first._frames) == [3, 4], "the first file's oldest frames made room"
+    first.get(4)
+    assert calls_a.count((4, False)) == 1, "a kept frame is served from memory"
+    second.close()
+    assert budget.used == 2 * a[0].nbytes
+    del first
+    import gc
+
+    gc.collect()
+    assert budget.used == 0, "a cache dropped without close gives its share back"
 
 
 def test_channels_and_transforms_share_one_cache(rng):

@@ -12,16 +12,72 @@ No napari imports here.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-_CACHE_BYTES = 512 << 20
+#: Decoded frames kept for all open files together, in bytes.
+FRAME_BUDGET_BYTES = 512 << 20
+_tokens = itertools.count()
+
+
+class FrameBudget:
+    """One memory budget for the decoded frames of every open file: least recently used go first.
+
+    Each :class:`FrameCache` reports the frames it keeps; when the total
+    passes ``limit_bytes``, the frames used longest ago are dropped, from
+    whichever file they belong to. The frame just admitted is never the one
+    dropped, so a single frame larger than the budget can still be shown.
+    """
+
+    def __init__(self, limit_bytes: int = FRAME_BUDGET_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self.used = 0
+        self._lru: collections.OrderedDict[tuple[int, int], tuple[weakref.ref, int]] = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, cache: FrameCache, i: int, nbytes: int) -> None:
+        """Frame ``i`` of ``cache`` is now kept (and the most recently used)."""
+        key = (cache.token, i)
+        victims = []
+        with self._lock:
+            old = self._lru.pop(key, None)
+            self.used += nbytes - (old[1] if old else 0)
+            self._lru[key] = (weakref.ref(cache), nbytes)
+            while self.used > self.limit_bytes and len(self._lru) > 1:
+                victim, (ref, n) = next(iter(self._lru.items()))
+                del self._lru[victim]
+                self.used -= n
+                victims.append((ref, victim[1]))
+        for ref, j in victims:  # outside the budget's lock: caches take their own
+            owner = ref()
+            if owner is not None:
+                owner._drop(j)
+
+    def touch(self, cache: FrameCache, i: int) -> None:
+        """Frame ``i`` of ``cache`` was used again."""
+        with self._lock:
+            key = (cache.token, i)
+            if key in self._lru:
+                self._lru.move_to_end(key)
+
+    def forget(self, token: int) -> None:
+        """The cache with this ``token`` keeps nothing any more (closed, or dropped)."""
+        with self._lock:
+            for key in [k for k in self._lru if k[0] == token]:
+                self.used -= self._lru.pop(key)[1]
+
+
+#: The budget every frame cache shares unless given its own.
+SHARED_BUDGET = FrameBudget()
 
 
 def _idle_priority() -> None:
@@ -52,12 +108,18 @@ class FrameCache:
         Bytes of one decoded frame (sets how many frames the cache keeps).
     prefetch
         How many frames ahead, in the direction of travel, to decode in the background.
+    budget
+        The memory budget this cache's frames count against (default: the one
+        all open files share, :data:`SHARED_BUDGET`).
     """
 
     def __init__(self, read: Callable[[int], np.ndarray], n: int, frame_nbytes: int,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, budget: FrameBudget | None = None) -> None:
         self._read, self.n, self.prefetch = read, n, prefetch
-        self.capacity = max(4, _CACHE_BYTES // max(frame_nbytes, 1))
+        self.frame_nbytes = frame_nbytes
+        self.budget = budget if budget is not None else SHARED_BUDGET
+        self.token = next(_tokens)
+        weakref.finalize(self, self.budget.forget, self.token)  # a layer dropped unclosed frees its share
         self._frames: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._pending: dict[int, Any] = {}
         self._lock = threading.Lock()
@@ -73,6 +135,8 @@ class FrameCache:
                 self._frames.move_to_end(i)
                 self.hits += 1
             pending = self._pending.get(i) if frame is None else None
+        if frame is not None:
+            self.budget.touch(self, i)
         if frame is None:
             # A prefetch still under way runs at idle priority: never wait for it.
             if pending is not None and pending.done() and pending.result() is not None:
@@ -91,10 +155,14 @@ class FrameCache:
         with self._lock:
             self._frames[i] = frame
             self._frames.move_to_end(i)
-            while len(self._frames) > self.capacity:
-                self._frames.popitem(last=False)
             self._pending.pop(i, None)
+        self.budget.admit(self, i, frame.nbytes)
         return frame
+
+    def _drop(self, i: int) -> None:
+        """Let frame ``i`` go (the shared budget needs the room)."""
+        with self._lock:
+            self._frames.pop(i, None)
 
     def _schedule(self, i: int) -> None:
         """Prefetch ahead in the direction of travel; a jump (a slider drag) prefetches nothing."""
@@ -128,6 +196,7 @@ class FrameCache:
         with self._lock:
             self._frames.clear()
             self._pending.clear()
+        self.budget.forget(self.token)
 
 
 class LazyStack:
