@@ -1,4 +1,4 @@
-"""napari: time to the first frame and the longest event-loop gap while stepping frames.
+"""napari: time to the first frame and event-loop gaps while stepping frames; tomograms in 3D.
 
 For 0.5, 1 and 2 GB movies (int8, 4096 x 4096 frames), as zstd MRCZ and as
 plain MRC opened by napari-mrcz, and the plain MRC opened by
@@ -8,6 +8,14 @@ it, after napari's one-time start-up (a small file is opened first). The gap
 is the longest interval between ticks of a 5 ms QTimer while frames are
 shown every 40 ms, stepping +1 (arrow keys, playback) and jumping 7 frames
 (a slider drag).
+
+Tomograms in 3D (``--tomograms``, default 1, 2 and 4 GB float32, the sample
+tomogram of :mod:`napari_mrcz.samples` at 2048 x 2048 per plane), as MRCZ and
+plain MRC: the time from switching to 3D to the first non-blank 3D view, the
+longest event-loop gap from the switch until the coarse level is complete,
+and peak RSS; beside napari showing the same data from memory (read first,
+not timed) and napari-mrcfile-reader (plain MRC). Every run has its own
+process, so that peak memory is its own.
 """
 
 from __future__ import annotations
@@ -93,15 +101,119 @@ def measure(path: Path, plugin: str, steps: int = 30) -> dict:
     return out
 
 
+def make_tomograms(folder: Path, gb: float) -> dict[str, Path]:
+    from napari_mrcz import codec, samples
+
+    depth = max(2, round(gb * 1e9 / (2048 * 2048 * 4)))
+    tomo = samples.Tomogram(depth, 2048)
+    plain = folder / f"tomogram_{gb:g}.rec"
+    codec.writeMRC(tomo, plain, pixelsize=[10.0, 10.0, 10.0])
+    with codec.MRCStack(plain) as stack:
+        class Planes:
+            shape, dtype, ndim = stack.shape, stack.dtype, 3
+
+            def __getitem__(self, i):
+                return stack.read(i, i + 1)[0]
+
+        packed = folder / f"tomogram_{gb:g}.mrcz"  # written from a 3D array: a volume
+        codec.writeMRC(Planes(), packed, compressor="zstd", pixelsize=[10.0, 10.0, 10.0])
+    os.sync()
+    return {"MRCZ (zstd)": packed, "MRC": plain}
+
+
+def measure_3d(path: Path, how: str, timeout_s: float = 600.0) -> dict:
+    """One run in this process: open, switch to 3D, wait for the coarse level (or napari's own 3D)."""
+    import napari
+    import psutil
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    me = psutil.Process()
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1200, 900)
+    app = QApplication.instance()
+    if how == "in memory":
+        from napari_mrcz import codec
+
+        with codec.MRCStack(path) as stack:
+            layer = viewer.add_image(stack.read(), name="in memory")
+    else:
+        (layer,) = viewer.open(str(path), plugin=how)
+    app.processEvents()
+    rss0 = me.memory_info().rss
+    ticks: list[float] = []
+    peak = [rss0]
+
+    def tick() -> None:
+        ticks.append(time.perf_counter())
+        peak[0] = max(peak[0], me.memory_info().rss)
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(5)
+    t0 = time.perf_counter()
+    viewer.dims.ndisplay = 3
+    first = None
+    from napari_mrcz._pyramid import fill_of
+
+    fill = fill_of(layer) if how == "napari-mrcz" else None
+    while time.perf_counter() - t0 < timeout_s:
+        app.processEvents()
+        if first is None and viewer.screenshot(canvas_only=True)[..., :3].std() > 5:
+            first = time.perf_counter() - t0
+        if first is not None and (fill is None or fill.complete):
+            break
+        time.sleep(0.05)
+    complete = time.perf_counter() - t0
+    timer.stop()
+    gaps = np.diff(ticks) if len(ticks) > 1 else np.array([np.nan])
+    viewer.close()
+    return {"first_3d_s": first, "complete_s": complete, "max_gap_s": float(np.max(gaps)),
+            "peak_rss_bytes": peak[0], "rss_before_bytes": rss0}
+
+
+def run_3d(path: Path, how: str, cache: Path) -> dict:
+    """:func:`measure_3d` in a fresh process (peak memory, an empty pyramid cache)."""
+    import subprocess
+
+    env = {**os.environ, "NAPARI_MRCZ_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, __file__, "--measure-3d", str(path), how], capture_output=True,
+                         text=True, env=env, timeout=1800)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        return {"error": (out.stderr or out.stdout)[-500:]}
+    return json.loads(line[6:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    ap.add_argument("--sizes", type=float, nargs="*", default=[0.5, 1.0, 2.0])
+    ap.add_argument("--tomograms", type=float, nargs="*", default=[1.0, 2.0, 4.0])
+    ap.add_argument("--measure-3d", nargs=2, metavar=("PATH", "HOW"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args()
+    if args.measure_3d:  # one run, in its own process (see run_3d)
+        print("RESULT" + json.dumps(measure_3d(Path(args.measure_3d[0]), args.measure_3d[1])))
+        return
     has_mrcfile_reader = importlib.util.find_spec("napari_mrcfile_reader") is not None
     results: dict = {}
+    results_3d: dict = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for gb in args.tomograms:
+            files = make_tomograms(Path(tmp), gb)
+            runs = {f"napari-mrcz, {kind}": (path, "napari-mrcz") for kind, path in files.items()}
+            runs["napari, in memory"] = (files["MRC"], "in memory")
+            if has_mrcfile_reader:
+                runs["napari-mrcfile-reader, MRC"] = (files["MRC"], "napari-mrcfile-reader")
+            row = {name: run_3d(path, how, Path(tmp) / f"cache-{name}") for name, (path, how) in runs.items()}
+            results_3d[f"{gb:g} GB"] = row
+            print(gb, json.dumps(row), flush=True)
+            for path in files.values():
+                path.unlink()
+        if not args.sizes:
+            write_3d(results_3d, args.out)
+            return
         warm_up(Path(tmp), has_mrcfile_reader)
         for gb in args.sizes:
             files = make_files(Path(tmp), gb)
@@ -111,6 +223,13 @@ def main() -> None:
             results[f"{gb:g} GB"] = row
             for path in files.values():
                 path.unlink()
+    write_2d(results, args.out)
+    if results_3d:
+        write_3d(results_3d, args.out)
+
+
+def write_2d(results: dict, out: Path) -> None:
+    """The stepping table and plot into docs/benchmarks.md and docs/benchmarks/napari.*."""
     lines = ["| stack | reader | first frame | stepping +1: longest gap / 95th pct | "
              "jumping 7 frames: longest gap / 95th pct |", "|---|---|---|---|---|"]
     for size, row in results.items():
@@ -119,11 +238,60 @@ def main() -> None:
                          f"{r['step_max_gap_s'] * 1e3:.0f} / {r['step_p95_gap_s'] * 1e3:.0f} ms | "
                          f"{r['jump_max_gap_s'] * 1e3:.0f} / {r['jump_p95_gap_s'] * 1e3:.0f} ms |")
     table = "\n".join(lines)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "napari.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "napari.png")
-    update_docs(args.out.parent / "benchmarks.md", "napari", table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "napari.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / "napari.png")
+    update_docs(out.parent / "benchmarks.md", "napari", table)
     print(table)
+
+
+def write_3d(results: dict, out: Path) -> None:
+    """The 3D table and plot into docs/benchmarks.md and docs/benchmarks/napari_3d.*."""
+    def ms(v: float | None) -> str:
+        return "-" if v is None else (f"{v:.1f} s" if v >= 10 else f"{v * 1e3:.0f} ms")
+
+    lines = ["| tomogram | how | first 3D view | coarse level complete | longest event-loop gap | "
+             "peak RSS (before 3D) |", "|---|---|---|---|---|---|"]
+    for size, row in results.items():
+        for how, r in row.items():
+            if "error" in r:
+                lines.append(f"| {size} | {how} | failed: {r['error'][-80:]!r} | | | |")
+                continue
+            lines.append(f"| {size} | {how} | {ms(r['first_3d_s'])} | {ms(r['complete_s'])} | "
+                         f"{ms(r['max_gap_s'])} | {r['peak_rss_bytes'] / 1e9:.2f} GB "
+                         f"({r['rss_before_bytes'] / 1e9:.2f}) |")
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "napari_3d.json").write_text(json.dumps(results, indent=1))
+    plot_3d(results, out / "napari_3d.png")
+    update_docs(out.parent / "benchmarks.md", "napari-3d", table)
+    print(table)
+
+
+def plot_3d(results: dict, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(results)
+    hows = list(next(iter(results.values())))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    x = np.arange(len(sizes))
+    width = 0.8 / len(hows)
+    for ax, key, title, scale, unit in (
+            (axes[0], "first_3d_s", "switch to 3D: first view", 1, "s"),
+            (axes[1], "max_gap_s", "longest event-loop gap", 1, "s"),
+            (axes[2], "peak_rss_bytes", "peak resident memory", 1e-9, "GB")):
+        for k, how in enumerate(hows):
+            values = [(results[s][how].get(key) or 0) * scale for s in sizes]
+            ax.bar(x + k * width, values, width, label=how)
+        ax.set_xticks(x + 0.4 - width / 2, sizes)
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
 
 
 def plot(results: dict, target: Path) -> None:

@@ -1,4 +1,4 @@
-"""Render the screenshots in docs/img: the demo, the dock widget and the header inspector.
+"""Render the screenshots in docs/img: the demo, the dock widget, the header inspector, a tomogram in 3D.
 
 Run under a display or Xvfb with the test extras installed (mrcfile writes the
 FEI2 tilt series the inspector shows)::
@@ -19,6 +19,7 @@ from mrcfile.dtypes import get_ext_header_dtype
 from qtpy.QtWidgets import QApplication
 
 from napari_mrcz import samples
+from napari_mrcz.demo import show_tomogram_3d, write_tomogram
 
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
@@ -82,7 +83,10 @@ def main() -> None:
         settle()
         viewer.screenshot(str(IMG / "inspector.png"), canvas_only=False)
         viewer.close()
-    print(f"wrote {IMG / 'demo.png'}, {IMG / 'widget.png'} and {IMG / 'inspector.png'}")
+        tomogram = write_tomogram(Path(tmp), depth=256, size=2048)  # 4.3 GB
+        show_tomogram_3d(tomogram, IMG / "tomogram-3d.png")
+    print(f"wrote {IMG / 'demo.png'}, {IMG / 'widget.png'}, {IMG / 'inspector.png'} and "
+          f"{IMG / 'tomogram-3d.png'}")
 
 
 if __name__ == "__main__":

@@ -246,7 +246,8 @@ def test_sample_data(viewer):
     assert isinstance(movie.data, LazyStack) and movie.data.shape == (24, 1024, 1024)
     assert movie.metadata["mrcz"]["compressor"] == "zstd"
     (tomo,) = viewer.open_sample(PLUGIN, "tomogram")
-    assert tomo.data.shape == (64, 256, 256) and list(tomo.scale) == pytest.approx([5.0, 5.0, 5.0])
+    assert tomo.data.shape == (96, 384, 384) and list(tomo.scale) == pytest.approx([10.0, 10.0, 10.0])
+    assert tomo.axis_labels[0] == "z"
 
 
 def test_stepping_frames_keeps_the_event_loop_responsive(viewer, tmp_path, qtbot):

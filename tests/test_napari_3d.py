@@ -187,3 +187,16 @@ def test_a_multiscale_layer_saves_and_loads_at_full_size(viewer, qtbot, tmp_path
     qtbot.waitUntil(lambda: widget._load is None, timeout=30000)
     assert worker is not None and layer.multiscale and not isinstance(layer.data[0], np.memmap)
     np.testing.assert_array_equal(layer.data[0], volume)
+
+
+def test_without_room_for_levels_a_volume_still_opens(viewer, tmp_path, rng, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("NAPARI_MRCZ_CACHE_DIR", str(blocked / "pyramids"))
+    volume = rng.normal(size=(80, 512, 512)).astype(np.float32)
+    path = tmp_path / "map.mrc"
+    codec.writeMRC(volume, path, pixelsize=[4.0, 4.0, 4.0])
+    with pytest.warns(UserWarning, match="without coarse levels"):
+        (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    assert not layer.multiscale
+    np.testing.assert_array_equal(np.asarray(layer.data[40]), volume[40])

@@ -5,7 +5,8 @@ levels; this module gives napari the level arrays at once (memory maps in the
 cache, filled as the build goes, or a cache hit whose checksums the worker
 checks before it is trusted), runs the build in napari's thread worker with
 its progress bar, refreshes the layer as planes finish
-(at most every ``REFRESH_S``), and stops the build when the layer is removed.
+(at most every ``REFRESH_S``, less often where redrawing is slow), and stops
+the build when the layer is removed.
 In 3D napari draws the coarsest level, so a tomogram appears as soon as its
 first planes are binned; in 2D, zooming out on huge planes uses the coarse
 levels.
@@ -21,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .codec.pyramid import CacheEntry, PyramidBuilder, PyramidCache, plan_levels
+from .codec.pyramid import CacheEntry, PyramidCache, fill_entry_steps, plan_levels
 from .codec.source import ImageSource
 
-#: Shortest time between two refreshes of a filling layer (each uploads the coarsest level anew).
-REFRESH_S = 0.5
+#: Shortest time between two refreshes of a filling layer (each uploads the coarsest level anew);
+#: longer where a refresh is slow, so that redrawing never takes more than a fifth of the time.
+REFRESH_S = 1.0
 
 #: The fills under way, by the id of their first coarse level (what the layer holds).
 _FILLS: dict[int, VolumeFill] = {}
@@ -49,15 +51,16 @@ class VolumeFill:
         found = self.cache.find(source.path, verify=False)
         self.cached = found is not None and found.shapes == shapes
         if self.cached:
-            self.entry: CacheEntry = found
-            self.levels: list[np.ndarray] = self.entry.open_levels("r+")  # rebuilt in place if damaged
+            self.entry: CacheEntry = found  # rebuilt in place if its checksums fail
         else:
             self.entry = self.cache.new_entry(source.path, shapes)
-            self.levels = self.entry.open_levels("w+")
+            self.entry.create_levels()
+        self.levels: list[np.ndarray] = self.entry.open_levels()
         self.complete = self.rebuilt = False
         self.worker: Any = None
         self._layer: weakref.ref | None = None
         self._last_refresh = 0.0
+        self._interval = REFRESH_S
         _FILLS[id(self.levels[0])] = self
 
     # -- the background pass ------------------------------------------------
@@ -65,11 +68,8 @@ class VolumeFill:
         if self.cached and self.entry.verified():
             self.complete = True
             return
-        self.entry.invalidate()  # damaged (or new): built again, in these very files
-        self.rebuilt = self.cached
-        builder = PyramidBuilder(self.read_frame, self.source.shape, self.levels)
-        yield from builder.steps()
-        self.entry.finish(self.levels)
+        self.rebuilt = self.cached  # damaged (or new): built again, in these very files
+        yield from fill_entry_steps(self.entry, self.read_frame, self.source.shape)
         self.cache.evict(keep=self.entry.folder)
         self.complete = True
 
@@ -97,12 +97,14 @@ class VolumeFill:
 
     def _refresh(self) -> None:
         layer = self._layer() if self._layer is not None else None
+        start = time.monotonic()
         if layer is not None:
             layer.refresh()
         self._last_refresh = time.monotonic()
+        self._interval = max(REFRESH_S, 5 * (self._last_refresh - start))
 
     def _on_frame(self, done: int) -> None:
-        if time.monotonic() - self._last_refresh >= REFRESH_S:
+        if time.monotonic() - self._last_refresh >= self._interval:
             self._refresh()
 
     def _on_finished(self) -> None:

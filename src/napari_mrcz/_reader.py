@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,13 @@ def layer_data(source: ImageSource) -> list[LayerData]:
                 complex_variants.append((f"{label} ({part})", view, fn))
         variants = complex_variants
     if len(variants) == 1 and variants[0][2] is None and wants_pyramid(source):
-        return [(_multiscale(source, data), {**base, "name": name, "multiscale": True,
-                                             "contrast_limits": _contrast(source, None)}, "image")]
+        try:
+            levels = _multiscale(source, data)
+        except OSError as exc:  # no room for the levels (a read-only or full cache folder)
+            warnings.warn(f"{source.path}: opened without coarse levels for 3D ({exc})", stacklevel=2)
+        else:
+            return [(levels, {**base, "name": name, "multiscale": True,
+                              "contrast_limits": _contrast(source, None)}, "image")]
     return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
             for label, arr, fn in variants]
 

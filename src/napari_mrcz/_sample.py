@@ -42,8 +42,8 @@ def sample_movie() -> list[LayerData]:
 
 
 def sample_tomogram() -> list[LayerData]:
-    """A 64 x 256 x 256 float32 tomogram (plain MRC, 5 Å voxels)."""
-    path = sample_folder() / "sample_tomogram.mrc"
+    """A 96 x 384 x 384 float32 tomogram of a cell's edge (plain MRC, 10 Å voxels)."""
+    path = sample_folder() / "sample_tomogram.rec"
     if not path.exists():
-        writeMRC(samples.tomogram(), path, pixelsize=[5.0, 5.0, 5.0], voltage=300.0, C3=2.7)
+        writeMRC(samples.tomogram(), path, pixelsize=[10.0, 10.0, 10.0], voltage=300.0, C3=2.7)
     return read_layers(str(path))

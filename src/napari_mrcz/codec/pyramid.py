@@ -84,8 +84,9 @@ class PyramidBuilder:
     shape
         (nz, ny, nx) of the volume.
     levels
-        The arrays to fill: level 1, 2, ... with the shapes :func:`plan_levels` gives
-        (float32; memory maps from :meth:`PyramidCache.new_entry`, or plain arrays).
+        Where levels 1, 2, ... go, with the shapes :func:`plan_levels` gives:
+        float32 arrays, or the :class:`PlaneFile` writers of a cache entry
+        (anything taking ``level[z] = plane``).
     """
 
     def __init__(self, read_frame: Callable[[int], np.ndarray], shape: tuple[int, int, int],
@@ -129,10 +130,6 @@ class PyramidBuilder:
                     if on_plane is not None:
                         on_plane(k + 1, z)
             self.frames_done = i + 1
-            if i == nz - 1:
-                for level in self.levels:
-                    if isinstance(level, np.memmap):
-                        level.flush()
             yield self.frames_done
 
 
@@ -161,6 +158,28 @@ def _crc(array: np.ndarray) -> int:
     return crc
 
 
+class PlaneFile:
+    """Writes the planes of one ``.npy`` level file through the file, never through a memory map.
+
+    A full disk then raises ``OSError`` at the write (a memory-mapped write to
+    a sparse file would kill the process with SIGBUS instead).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self._plane_bytes = int(np.prod(shape[1:])) * 4
+        self._offset = np.load(path, mmap_mode="r").offset
+        self._file = open(path, "r+b")  # noqa: SIM115 - closed by close()
+
+    def __setitem__(self, z: int, plane: np.ndarray) -> None:
+        self._file.seek(self._offset + z * self._plane_bytes)
+        self._file.write(np.ascontiguousarray(plane, dtype="<f4").tobytes())
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._file.close()
+
+
 class CacheEntry:
     """One source's levels in the cache: ``.npy`` files and a manifest written last."""
 
@@ -178,7 +197,7 @@ class CacheEntry:
                 return None
             entry = cls(folder, source, [tuple(lv["shape"]) for lv in manifest["levels"]],
                         [int(lv["crc32"]) for lv in manifest["levels"]])
-            for level, shape in zip(entry.open_levels("r"), entry.shapes, strict=True):
+            for level, shape in zip(entry.open_levels(), entry.shapes, strict=True):
                 if level.dtype != np.float32 or level.shape != shape:
                     return None
             return entry
@@ -189,17 +208,27 @@ class CacheEntry:
         """The file of level ``k`` (1 = binned 2x)."""
         return self.folder / f"level{k}.npy"
 
-    def open_levels(self, mode: str = "r") -> list[np.memmap]:
-        """The levels as memory maps (``'w+'`` creates them, zero-filled; ``'r+'`` to rebuild in place)."""
-        if mode == "w+":
-            return [np.lib.format.open_memmap(self.level_path(k + 1), mode="w+", dtype=np.float32,
-                                              shape=shape) for k, shape in enumerate(self.shapes)]
-        return [np.load(self.level_path(k + 1), mmap_mode=mode) for k in range(len(self.shapes))]
+    def create_levels(self) -> None:
+        """Create the level files: a header and room for the planes (zeros until written)."""
+        for k, shape in enumerate(self.shapes):
+            with open(self.level_path(k + 1), "wb") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+                f.truncate(f.tell() + int(np.prod(shape)) * 4)
+
+    def open_levels(self) -> list[np.memmap]:
+        """The levels as read-only memory maps."""
+        return [np.load(self.level_path(k + 1), mmap_mode="r") for k in range(len(self.shapes))]
+
+    def plane_files(self) -> list[PlaneFile]:
+        """Writers of the levels' planes (close them when done)."""
+        return [PlaneFile(self.level_path(k + 1), shape) for k, shape in enumerate(self.shapes)]
+
 
     def verified(self) -> bool:
         """Whether every level's CRC-32 is the manifest's (reads every level once)."""
         try:
-            levels = self.open_levels("r")
+            levels = self.open_levels()
             return self.crcs is not None and [_crc(level) for level in levels] == self.crcs
         except (OSError, ValueError):
             return False
@@ -316,22 +345,47 @@ def build(read_frame: Callable[[int], np.ndarray], shape: tuple[int, int, int], 
         return []
     found = cache.find(path)
     if found is not None and found.shapes == shapes:
-        levels = found.open_levels("r")
+        levels = found.open_levels()
         if on_levels is not None:
             on_levels(levels)
         return levels
     entry = cache.new_entry(path, shapes)
     try:
-        levels = entry.open_levels("w+")
+        entry.create_levels()
         if on_levels is not None:
-            on_levels(levels)
-        PyramidBuilder(read_frame, shape, levels).run(cancel, on_plane)
-        entry.finish(levels)
+            on_levels(entry.open_levels())
+        fill_entry(entry, read_frame, shape, cancel, on_plane)
     except BaseException:
         shutil.rmtree(entry.folder, ignore_errors=True)
         raise
     cache.evict(keep=entry.folder)
-    return entry.open_levels("r")
+    return entry.open_levels()
+
+
+def fill_entry(entry: CacheEntry, read_frame: Callable[[int], np.ndarray], shape: tuple[int, int, int],
+               cancel: threading.Event | None = None,
+               on_plane: Callable[[int, int], None] | None = None) -> None:
+    """Build ``entry``'s levels from the frames and record it complete (see :meth:`PyramidBuilder.run`)."""
+    steps = fill_entry_steps(entry, read_frame, shape, on_plane)
+    try:
+        for done in steps:
+            if cancel is not None and cancel.is_set() and done < shape[0]:
+                raise BuildCancelledError(f"{entry.source.get('path')}: stopped after {done} frames")
+    finally:
+        steps.close()
+
+
+def fill_entry_steps(entry: CacheEntry, read_frame: Callable[[int], np.ndarray], shape: tuple[int, int, int],
+                     on_plane: Callable[[int, int], None] | None = None) -> Iterator[int]:
+    """:func:`fill_entry` one frame at a time: yields how many frames are done."""
+    entry.invalidate()
+    writers = entry.plane_files()
+    try:
+        yield from PyramidBuilder(read_frame, shape, writers).steps(on_plane)
+    finally:
+        for writer in writers:
+            writer.close()
+    entry.finish(entry.open_levels())
 
 
 def read_binned(path: str | os.PathLike, factor: int, cache: PyramidCache | None = None) -> np.ndarray:
