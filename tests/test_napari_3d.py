@@ -200,3 +200,18 @@ def test_without_room_for_levels_a_volume_still_opens(viewer, tmp_path, rng, mon
         (layer,) = viewer.open(str(path), plugin=PLUGIN)
     assert not layer.multiscale
     np.testing.assert_array_equal(np.asarray(layer.data[40]), volume[40])
+
+
+def test_outside_a_window_a_volume_reads_single_scale(tmp_path, rng):
+    """npe2 reading in a script: nothing would fill coarse levels, so there are none."""
+    from napari import current_viewer
+
+    from napari_mrcz._reader import napari_get_reader
+
+    assert current_viewer() is None
+    volume = rng.normal(size=(80, 512, 512)).astype(np.float32)
+    path = tmp_path / "map.mrc"
+    codec.writeMRC(volume, path, pixelsize=[4.0, 4.0, 4.0])
+    ((data, attributes, _),) = napari_get_reader(str(path))(str(path))
+    assert not attributes.get("multiscale")
+    np.testing.assert_array_equal(np.asarray(data[7]), volume[7])

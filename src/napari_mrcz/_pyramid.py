@@ -120,17 +120,19 @@ def fill_of(layer: Any) -> VolumeFill | None:
     return _FILLS.get(id(layer.data[1]))
 
 
+_WATCHED: weakref.WeakSet = weakref.WeakSet()
+
+
 def watch(viewer: Any) -> None:
-    """Start fills when their layers are added to ``viewer``, and stop them when removed (once per viewer)."""
-    if getattr(viewer, "_napari_mrcz_watched", False):
+    """Refresh fills' layers once added to ``viewer``, and stop the fills when removed (once per viewer)."""
+    if viewer in _WATCHED:
         return
-    viewer._napari_mrcz_watched = True
+    _WATCHED.add(viewer)
 
     def inserted(event: Any) -> None:
         fill = fill_of(event.value)
         if fill is not None:
             fill.attach(event.value)
-            fill.start()
 
     def removed(event: Any) -> None:
         fill = fill_of(event.value)

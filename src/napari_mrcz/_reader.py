@@ -124,20 +124,27 @@ def layer_data(source: ImageSource) -> list[LayerData]:
             levels = _multiscale(source, data)
         except OSError as exc:  # no room for the levels (a read-only or full cache folder)
             warnings.warn(f"{source.path}: opened without coarse levels for 3D ({exc})", stacklevel=2)
-        else:
+            levels = None
+        if levels is not None:
             return [(levels, {**base, "name": name, "multiscale": True,
                               "contrast_limits": _contrast(source, None)}, "image")]
     return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
             for label, arr, fn in variants]
 
 
-def _multiscale(source: ImageSource, full: Any) -> list[Any]:
-    """A large volume's levels: the lazy full-size one, then the binned ones (filled in the background)."""
+def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:
+    """A large volume's levels: the lazy full-size one, then the binned ones, filling from now on.
+
+    ``None`` outside a napari window (a script reading through npe2): nothing
+    would fill the coarse levels there, so the layer stays single-scale.
+    """
     from napari import current_viewer
 
+    viewer = current_viewer()
+    if viewer is None:
+        return None
     sections = source_sections(source)  # read from the file, not through the viewer's frame cache
     fill = VolumeFill(source, sections.__getitem__)
-    viewer = current_viewer()
-    if viewer is not None:
-        watch(viewer)
+    watch(viewer)
+    fill.start()
     return [full, *fill.levels]
