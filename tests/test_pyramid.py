@@ -187,3 +187,18 @@ def test_the_sample_tomogram_looks_like_one():
     binned, truth = bin_stack(data, 4, volume=True), bin_stack(density, 4, volume=True)
     assert np.corrcoef(binned.ravel(), truth.ravel())[0, 1] < -0.5, "binned 4x, the specimen shows (dark)"
     assert (density > 0.5).mean() > 0.01, "there is specimen in the box"
+
+
+def test_the_command_line_shows_and_clears_the_cache(tmp_path, rng, monkeypatch, capsys):
+    from napari_mrcz.cli import main
+
+    monkeypatch.setenv("NAPARI_MRCZ_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tomo.rec"
+    codec.writeMRC(rng.normal(size=(8, 64, 64)).astype(np.float32), path)
+    build(lambda i: np.zeros((64, 64), np.float32), (8, 64, 64), path, coarsest_bytes=4096)
+    assert main(["cache"]) == 0
+    shown = capsys.readouterr().out
+    assert str(tmp_path / "cache") in shown and "1 entries" in shown
+    assert main(["cache", "--clear"]) == 0
+    assert "0 entries, 0.00 GB" in capsys.readouterr().out
+    assert PyramidCache().entries() == []

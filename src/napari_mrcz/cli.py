@@ -170,7 +170,22 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="say what would be done")
         p.add_argument("--quiet", action="store_true", help="no progress and no table")
         p.add_argument("--json", action="store_true", help="print the summary and every outcome as JSON")
+    cache = sub.add_parser("cache", help="the cache of binned levels napari's 3D view uses: size, clear")
+    cache.add_argument("--clear", action="store_true", help="remove every entry")
     return ap
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Say where the pyramid cache is and what it holds; empty it with ``--clear``."""
+    from .codec.pyramid import PyramidCache
+
+    cache = PyramidCache()
+    if args.clear:
+        cache.clear()
+    entries = cache.entries()
+    print(f"{cache.root}: {len(entries)} entries, {cache.nbytes() / 1e9:.2f} GB "
+          f"(limit {cache.limit_bytes / 1e9:.0f} GB: NAPARI_MRCZ_CACHE_GB)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "info":
         return cmd_info(args)
+    if args.command == "cache":
+        return cmd_cache(args)
     return cmd_batch(args, compressed=args.command == "compress")
 
 
