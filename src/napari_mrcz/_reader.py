@@ -143,7 +143,9 @@ def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:
     viewer = current_viewer()
     if viewer is None:
         return None
-    sections = source_sections(source)  # read from the file, not through the viewer's frame cache
+    # Read from the file, not through the viewer's frame cache; one decoder thread, so that the
+    # viewer's own drawing keeps the other core.
+    sections = source_sections(source, n_threads=1)
     fill = VolumeFill(source, sections.__getitem__)
     watch(viewer)
     fill.start()

@@ -83,8 +83,11 @@ def stored_dtype(dtype: Any) -> np.dtype:
 
 
 def source_sections(source: ImageSource,
-                    on_read: Callable[[int, np.ndarray], None] | None = None) -> Sections:
+                    on_read: Callable[[int, np.ndarray], None] | None = None,
+                    n_threads: int | None = None) -> Sections:
     """The z-sections of an opened file as the napari reader shows them, read one at a time.
+
+    ``n_threads`` caps MRCZ decompression threads (default: the codec's).
 
     Raises
     ------
@@ -100,8 +103,8 @@ def source_sections(source: ImageSource,
     # Sections are read from the file, never through the viewer's memory map or cache:
     # the pages of a 20 GB movie would stay resident as the map is walked.
     if isinstance(handle, MRCStack) and len(source.shape) == 3:
-        return Sections(lambda i: handle.read(i, i + 1)[0], source.shape[0], source.shape[1:], source.dtype,
-                        on_read)
+        return Sections(lambda i: handle.read(i, i + 1, n_threads=n_threads)[0], source.shape[0],
+                        source.shape[1:], source.dtype, on_read)
     if isinstance(handle, DMFile) and len(source.shape) == 3 and not handle.main_image.is_fft:
         return Sections(lambda i: handle.read(None, i, i + 1)[0], source.shape[0], source.shape[1:],
                         source.dtype, on_read)
