@@ -278,9 +278,9 @@ def decompress_into(chunk: Any, out: np.ndarray, version: int, n_threads: int) -
         blosc rejected the chunk (the caller adds the file name).
     """
     if version != 2 or (_blosc2 is not None and BLOSC2_PRESENT):
-        b2 = _get_blosc2()
-        b2.set_nthreads(n_threads)
-        b2.decompress(chunk, dst=out.reshape(-1).view(np.uint8))
+        # decompress2: its own context (no shared thread setting) and, unlike decompress,
+        # the GIL released, so a background decode never stalls the viewer's thread.
+        _get_blosc2().decompress2(chunk, dst=out.reshape(-1).view(np.uint8), nthreads=n_threads)
         return
     if _COMPRESSING.is_set():
         # A file is being written (maybe from this very source: the writer waits for
