@@ -215,3 +215,15 @@ def test_outside_a_window_a_volume_reads_single_scale(tmp_path, rng):
     ((data, attributes, _),) = napari_get_reader(str(path))(str(path))
     assert not attributes.get("multiscale")
     np.testing.assert_array_equal(np.asarray(data[7]), volume[7])
+
+
+def test_opening_a_compressed_volume_decodes_only_the_shown_plane(viewer, qtbot, tmp_path, rng):
+    """napari slices a multiscale level as data[:, y0:y1, x0:x1] first: that must stay lazy."""
+    volume = rng.normal(size=(80, 512, 512)).astype(np.float32)
+    path = tmp_path / "map.mrcz"
+    codec.writeMRC(volume, path, compressor="zstd", pixelsize=[4.0, 4.0, 4.0])
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    assert layer.multiscale
+    qtbot.wait(200)
+    assert layer.data[0].cache.misses <= 3, "the viewer decoded the shown plane, not the volume"
+    assert drawn(viewer) > 5

@@ -273,11 +273,22 @@ class LazyStack:
             # napari asks for data[k:k + 1, ...]: a view of the cached frame, no copy
             out = self.frame(int(frames[0]))[None]
             return out[(slice(None), *rest)] if rest else out
-        out = np.empty((len(frames), *self.frame_shape), dtype=self.dtype)
-        for k, i in enumerate(frames):
-            out[k] = self.frame(int(i))
-        return out[(slice(None), *rest)] if rest else out
+        # Several frames: a lazy view, decoded only when read. napari slices a multiscale
+        # level as data[:, y0:y1, x0:x1] before it picks the plane it shows.
+        return self._view(frames, rest)
+
+    def _view(self, frames: np.ndarray, rest: tuple) -> LazyStack:
+        inner, index = self._transform, self._index
+
+        def crop(frame: np.ndarray) -> np.ndarray:
+            frame = inner(frame) if inner is not None else frame
+            return frame[rest] if rest else frame
+        frame_shape = np.broadcast_to(np.empty((), bool), self.frame_shape)[rest].shape
+        return LazyStack(self.cache, frame_shape, self.dtype, index=lambda k: index(int(frames[k])),
+                         n=len(frames), transform=crop if (rest or inner is not None) else None)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:]
+        out = np.empty(self.shape, dtype=self.dtype)
+        for k in range(self.shape[0]):
+            out[k] = self.frame(k)
         return out if dtype is None else out.astype(dtype)
