@@ -31,6 +31,16 @@ def interleaved(fns: dict, repeat: int) -> dict:
     return {k: min(v) for k, v in times.items()}
 
 
+def publish(out: Path, stem: str, section: str, results: dict, table: str) -> None:
+    """Save ``results`` as ``out/stem.json``, put ``table`` in docs/benchmarks.md's ``section``, print it."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    update_docs(out.parent / "benchmarks.md", section, table)
+    print(table)
+
+
 def update_docs(page: Path, section: str, table: str) -> None:
     """Replace the text between ``<!-- section:start -->`` and ``<!-- section:end -->`` in ``page``."""
     if not page.is_file():

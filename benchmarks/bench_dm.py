@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import best, update_docs  # noqa: E402
+from _common import best, publish  # noqa: E402
 
 from napari_mrcz.codec.dm import DMFile  # noqa: E402
 from tests.dm_writer import Hole, Writer, image_entry  # noqa: E402
@@ -115,11 +114,7 @@ def main() -> None:
                   if full_s else ["-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"| np.fromfile | - | - | {nbytes / results['np.fromfile_s'] / 1e6:.0f} MB/s | 1.00 |")
-    table = "\n".join(lines)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dm.json").write_text(json.dumps(results, indent=1))
-    update_docs(args.out.parent / "benchmarks.md", "dm", table)
-    print(table)
+    publish(args.out, "dm", "dm", results, "\n".join(lines))
 
 
 if __name__ == "__main__":

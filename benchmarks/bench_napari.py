@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, update_docs  # noqa: E402
+from _common import ROOT, publish  # noqa: E402
 
 
 def make_files(folder: Path, gb: float) -> dict[str, Path]:
@@ -246,12 +246,8 @@ def write_2d(results: dict, out: Path) -> None:
             lines.append(f"| {size} | {reader} | {r['first_frame_s'] * 1e3:.0f} ms | "
                          f"{r['step_max_gap_s'] * 1e3:.0f} / {r['step_p95_gap_s'] * 1e3:.0f} ms | "
                          f"{r['jump_max_gap_s'] * 1e3:.0f} / {r['jump_p95_gap_s'] * 1e3:.0f} ms |")
-    table = "\n".join(lines)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "napari.json").write_text(json.dumps(results, indent=1))
+    publish(out, "napari", "napari", results, "\n".join(lines))
     plot(results, out / "napari.png")
-    update_docs(out.parent / "benchmarks.md", "napari", table)
-    print(table)
 
 
 def write_3d(results: dict, out: Path) -> None:
@@ -264,17 +260,15 @@ def write_3d(results: dict, out: Path) -> None:
     for size, row in results.items():
         for how, r in row.items():
             if "error" in r:
-                lines.append(f"| {size} | {how} | failed: {r['error'][-80:]!r} | | | | |")
+                error = r["error"]
+                why = "OpenGL out of memory" if "out of mem" in error else error.splitlines()[-1][:80]
+                lines.append(f"| {size} | {how} | failed: {why} | | | | |")
                 continue
             lines.append(f"| {size} | {how} | {ms(r['open_s'])} | {ms(r['first_3d_s'])} | "
                          f"{ms(r['complete_s'])} | {ms(r['max_gap_s'])} | {r['peak_rss_bytes'] / 1e9:.2f} GB "
                          f"({r['rss_before_bytes'] / 1e9:.2f}) |")
-    table = "\n".join(lines)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "napari_3d.json").write_text(json.dumps(results, indent=1))
+    publish(out, "napari_3d", "napari-3d", results, "\n".join(lines))
     plot_3d(results, out / "napari_3d.png")
-    update_docs(out.parent / "benchmarks.md", "napari-3d", table)
-    print(table)
 
 
 def plot_3d(results: dict, target: Path) -> None:

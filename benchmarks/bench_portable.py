@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import mmap
 import os
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import interleaved, update_docs  # noqa: E402
+from _common import interleaved, publish  # noqa: E402
 
 from napari_mrcz import codec  # noqa: E402
 from napari_mrcz.codec import positioned  # noqa: E402
@@ -143,11 +142,7 @@ def main() -> None:
     for suffix, rates in results["stack"].items():
         lines.append(f"| {suffix} | {rates['POSIX']:.0f} MB/s | {rates['portable']:.0f} MB/s | "
                      f"**{rates['portable'] / rates['POSIX']:.2f}** |")
-    table = "\n".join(lines)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "portable.json").write_text(json.dumps(results, indent=1))
-    update_docs(args.out.parent / "benchmarks.md", "portable", table)
-    print(table)
+    publish(args.out, "portable", "portable", results, "\n".join(lines))
 
 
 if __name__ == "__main__":
