@@ -94,7 +94,7 @@ def test_old_serialem_files_without_exttyp_are_recognised(tmp_path, rng):
         np.testing.assert_allclose(stack.extended_header.sections["Tilt angle"], [-3.0, 0.0, 3.0])
 
 
-@pytest.mark.parametrize("damage", ["fei_size", "fei_short", "seri_short", "seri_flags"])
+@pytest.mark.parametrize("damage", ["fei_size", "fei_short", "seri_short", "seri_flags", "seri_no_record"])
 def test_malformed_extended_headers_warn_and_the_data_opens_unshifted(tmp_path, rng, damage):
     data = rng.normal(size=(4, 12, 10)).astype(np.float32)
     path = tmp_path / f"{damage}.mrc"
@@ -104,6 +104,8 @@ def test_malformed_extended_headers_warn_and_the_data_opens_unshifted(tmp_path, 
         write_fei(path, b"FEI1", data, [1, 2, 3, 4], n_records=2)
     elif damage == "seri_short":
         write_serialem(path, data, {"tilt": [1, 2, 3, 4]}, flags=1, nsymbt=5)
+    elif damage == "seri_no_record":  # fewer bytes than one record (found by the fuzzer)
+        write_serialem(path, data, {"tilt": [1, 2, 3, 4], "mag": [1, 1, 1, 1]}, flags=1 | 8, nsymbt=3)
     else:
         write_serialem(path, data, {"tilt": [1, 2, 3, 4]}, flags=1)
         raw = bytearray(path.read_bytes())

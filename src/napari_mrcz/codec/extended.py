@@ -258,8 +258,8 @@ def decode_extended(header: MRCHeader, raw: bytes) -> ExtendedHeader:
             out.problem = (f"SERI extended header with NINT = {nint} and NREAL = {nreal} "
                            "is not SerialEM's layout")
         else:
-            n = len(raw) // nint
-            shorts = np.frombuffer(raw, dtype=header.byteorder + "i2", count=n * nint // 2).reshape(n, -1)
+            n, width = len(raw) // nint, nint // 2  # records, and 16-bit words in each
+            shorts = np.frombuffer(raw, dtype=header.byteorder + "i2", count=n * width).reshape(n, width)
             col = 0
             for names, count, decode in items:
                 values = shorts[:, col:col + count]
