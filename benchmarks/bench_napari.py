@@ -272,32 +272,18 @@ def write_3d(results: dict, out: Path) -> None:
 
 
 def plot_3d(results: dict, target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = list(results)
-    hows = list(next(iter(results.values())))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    x = np.arange(len(sizes))
-    width = 0.8 / len(hows)
-    for ax, key, title, scale, unit in (
-            (axes[0], "first_3d_s", "switch to 3D: first view", 1, "s"),
-            (axes[1], "max_gap_s", "longest event-loop gap", 1, "s"),
-            (axes[2], "peak_rss_bytes", "peak resident memory", 1e-9, "GB")):
-        for k, how in enumerate(hows):
-            values = [(results[s][how].get(key) or 0) * scale for s in sizes]
-            ax.bar(x + k * width, values, width, label=how)
-        ax.set_xticks(x + 0.4 - width / 2, sizes)
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
+    bars(results, target, [("first_3d_s", "switch to 3D: first view", 1, "s", None),
+                           ("max_gap_s", "longest event-loop gap", 1, "s", None),
+                           ("peak_rss_bytes", "peak resident memory", 1e-9, "GB", None)])
 
 
 def plot(results: dict, target: Path) -> None:
+    bars(results, target, [("first_frame_s", "time to first frame", 1e3, "ms", None),
+                           ("step_max_gap_s", "longest event-loop gap, stepping +1", 1e3, "ms", 100)])
+
+
+def bars(results: dict, target: Path, panels: list[tuple]) -> None:
+    """One panel per (key, title, scale, unit, reference line): bars per size, one per reader."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,18 +291,18 @@ def plot(results: dict, target: Path) -> None:
 
     sizes = list(results)
     readers = list(next(iter(results.values())))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 1.4, 3.8))
     x = np.arange(len(sizes))
     width = 0.8 / len(readers)
-    for ax, key, title in ((axes[0], "first_frame_s", "time to first frame"),
-                           (axes[1], "step_max_gap_s", "longest event-loop gap, stepping +1")):
+    for ax, (key, title, scale, unit, line) in zip(axes, panels, strict=True):
         for k, reader in enumerate(readers):
-            ax.bar(x + k * width, [results[s][reader][key] * 1e3 for s in sizes], width, label=reader)
+            values = [(results[s][reader].get(key) or 0) * scale for s in sizes]  # a failed run: 0
+            ax.bar(x + k * width, values, width, label=reader)
         ax.set_xticks(x + 0.4 - width / 2, sizes)
-        ax.set_ylabel("ms")
+        ax.set_ylabel(unit)
         ax.set_title(title)
-        if key == "step_max_gap_s":
-            ax.axhline(100, color="k", lw=0.8, ls="--")
+        if line is not None:
+            ax.axhline(line, color="k", lw=0.8, ls="--")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(target, dpi=110)
