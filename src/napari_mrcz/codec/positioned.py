@@ -165,7 +165,7 @@ class PositionedFile:
                         break
                     done += got
                 return done
-            handle = self._thread_handle(fd)
+            handle = self._thread_handle()
             handle.seek(offset)
             while done < total:
                 got = handle.readinto(buf[done:])
@@ -174,7 +174,7 @@ class PositionedFile:
                 done += got
         return done
 
-    def _thread_handle(self, fd: int) -> io.FileIO:
+    def _thread_handle(self) -> io.FileIO:
         me = threading.get_ident()
         handle = self._handles.get(me)
         if handle is None:
