@@ -87,7 +87,8 @@ def show_tomogram_3d(path: Path, screenshot: Path | None) -> Any:
         _settle(0.2)
     coarse = np.asarray(layer.data[-1])
     layer.contrast_limits = [float(v) for v in np.percentile(coarse, [0.5, 60])]
-    viewer.camera.angles = (0, 30, 60)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 moved it
+    camera.angles = (0, 30, 60)
     viewer.window._qt_window.resize(1200, 900)
     _settle(1.0)
     print(f"Binned levels complete after {time.perf_counter() - t0:.1f} s (cached for the next opening)")
