@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .codec.export import UnsupportedImageError, write_image
+from .codec.export import UnsupportedImageError, mrc_pixel_size, write_image
 
 
 def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
@@ -62,10 +62,8 @@ def pixel_size(attributes: dict, ndim: int, stack: bool, frame_spacing: float | 
     """
     scale = [float(s) for s in attributes.get("scale") or [1.0] * ndim]
     units = list(attributes.get("units") or [None] * ndim)
-    size = [s * (angstrom(u) or 1.0) for s, u in zip(scale, units, strict=False)]
-    y, x = ([1.0] + size)[-2], size[-1]
-    z = size[-3] if ndim >= 3 and not stack else (frame_spacing or y)
-    return [z, y, x]
+    return mrc_pixel_size([s * (angstrom(u) or 1.0) for s, u in zip(scale, units, strict=False)], stack,
+                          frame_spacing)
 
 
 def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:

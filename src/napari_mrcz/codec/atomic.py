@@ -16,6 +16,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from .positioned import released
@@ -47,7 +48,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """
     target = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)  # see temporaries()
     try:
         with os.fdopen(fd, "wb+", buffering=0) as f:
             os.chmod(tmp, _new_file_mode(target))  # mkstemp's 0600 would hide the file from the group
@@ -58,6 +59,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
+    """The temporary files :func:`atomic_write` left in ``folder`` for targets named ``name`` (a glob)."""
+    return list(Path(folder).glob(f".{name}.*.part"))
 
 
 def replace(done: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -34,9 +34,9 @@ import numpy as np
 
 from .._version import __version__
 from . import blosc_chunks
-from .atomic import replace
+from .atomic import replace, temporaries
 from .dm_tags import ArrayRef
-from .export import UnsupportedImageError, source_sections, stored_dtype, write_image
+from .export import UnsupportedImageError, mrc_pixel_size, source_sections, stored_dtype, write_image
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
 
@@ -147,13 +147,8 @@ def source_metadata(source: ImageSource) -> dict[str, Any]:
 
 def pixel_size(source: ImageSource) -> list[float]:
     """(z, y, x) in Å of what :func:`open_image` found (its lengths are in Å already)."""
-    scale = [float(s) for s in source.scale]
-    if len(scale) == 1:
-        scale = [1.0, *scale]
-    y, x = scale[-2], scale[-1]
-    if len(scale) >= 3 and not source.mrcz.get("stack"):
-        return [scale[-3], y, x]
-    return [float(source.mrcz.get("frame_spacing") or y), y, x]
+    return mrc_pixel_size([float(s) for s in source.scale], bool(source.mrcz.get("stack")),
+                          source.mrcz.get("frame_spacing"))
 
 
 def _digest(section: np.ndarray, dtype: np.dtype) -> int:
@@ -218,11 +213,10 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
 
 def _remove_leftovers(target: Path) -> None:
     """Remove what an interrupted run left for this target: ``.verify`` files and their ``.part`` files."""
-    folder = target.parent
+    folder, verify_files = target.parent, f".{target.name}.*.verify"
     if folder.is_dir():
-        for pattern in (f".{target.name}.*.verify", f"..{target.name}.*.verify.*.part"):
-            for stale in folder.glob(pattern):
-                stale.unlink(missing_ok=True)
+        for stale in [*folder.glob(verify_files), *temporaries(folder, verify_files)]:
+            stale.unlink(missing_ok=True)
 
 
 def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed: bool, compressor: str,

@@ -82,6 +82,17 @@ def stored_dtype(dtype: Any) -> np.dtype:
     return np.dtype(_file_dtype(np.dtype(dtype), None, "=", "")[0]).newbyteorder("=")
 
 
+def mrc_pixel_size(sizes: list[float], stack: bool, frame_spacing: float | None) -> list[float]:
+    """The (z, y, x) pixel size, in Å, an MRC header gets for axes of these sizes (Å, last two y, x).
+
+    A volume's z is its own; a stack's or an image's is the frame spacing its
+    source stated, or y.
+    """
+    y, x = ([1.0, *sizes])[-2], sizes[-1]
+    z = sizes[-3] if len(sizes) >= 3 and not stack else (frame_spacing or y)
+    return [float(z), float(y), float(x)]
+
+
 def source_sections(source: ImageSource,
                     on_read: Callable[[int, np.ndarray], None] | None = None,
                     n_threads: int | None = None) -> Sections:

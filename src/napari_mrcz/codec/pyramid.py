@@ -239,6 +239,18 @@ class CacheEntry:
             (self.folder / _MANIFEST).unlink()
         self.crcs = None
 
+    @contextlib.contextmanager
+    def rebuilding(self) -> Iterator[list[PlaneFile]]:
+        """Writers of every level, untrusted until the block ends without an error, then finished."""
+        self.invalidate()
+        writers = self.plane_files()
+        try:
+            yield writers
+        finally:
+            for writer in writers:
+                writer.close()
+        self.finish(self.open_levels())
+
     def finish(self, levels: list[np.ndarray]) -> None:
         """Record the levels as complete, with their CRC-32s (the manifest is written last, atomically)."""
         self.crcs = [_crc(a) for a in levels]
@@ -366,26 +378,15 @@ def fill_entry(entry: CacheEntry, read_frame: Callable[[int], np.ndarray], shape
                cancel: threading.Event | None = None,
                on_plane: Callable[[int, int], None] | None = None) -> None:
     """Build ``entry``'s levels from the frames and record it complete (see :meth:`PyramidBuilder.run`)."""
-    steps = fill_entry_steps(entry, read_frame, shape, on_plane)
-    try:
-        for done in steps:
-            if cancel is not None and cancel.is_set() and done < shape[0]:
-                raise BuildCancelledError(f"{entry.source.get('path')}: stopped after {done} frames")
-    finally:
-        steps.close()
+    with entry.rebuilding() as writers:
+        PyramidBuilder(read_frame, shape, writers).run(cancel, on_plane)
 
 
 def fill_entry_steps(entry: CacheEntry, read_frame: Callable[[int], np.ndarray], shape: tuple[int, int, int],
                      on_plane: Callable[[int, int], None] | None = None) -> Iterator[int]:
     """:func:`fill_entry` one frame at a time: yields how many frames are done."""
-    entry.invalidate()
-    writers = entry.plane_files()
-    try:
+    with entry.rebuilding() as writers:
         yield from PyramidBuilder(read_frame, shape, writers).steps(on_plane)
-    finally:
-        for writer in writers:
-            writer.close()
-    entry.finish(entry.open_levels())
 
 
 def read_binned(path: str | os.PathLike, factor: int, cache: PyramidCache | None = None) -> np.ndarray:
