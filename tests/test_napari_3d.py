@@ -151,7 +151,7 @@ def test_removing_the_layer_stops_the_fill_and_caches_nothing(viewer, qtbot, big
     fill = fill_of(layer)
     qtbot.waitUntil(lambda: fill.worker is not None, timeout=10000)
     viewer.layers.remove(layer)
-    qtbot.waitUntil(lambda: not fill.worker.is_running, timeout=30000)
+    qtbot.waitUntil(lambda: fill.ended, timeout=30000)  # the worker's end handled, not only its thread
     assert not fill.complete
     assert not (fill.entry.folder / "manifest.json").exists() and not fill.entry.folder.exists()
 
@@ -161,7 +161,7 @@ def test_a_cancelled_fill_leaves_the_layer_usable(viewer, qtbot, big_volume):
     fill = fill_of(layer)
     qtbot.waitUntil(lambda: fill.worker is not None, timeout=10000)
     fill.cancel()
-    qtbot.waitUntil(lambda: not fill.worker.is_running, timeout=30000)
+    qtbot.waitUntil(lambda: fill.ended, timeout=30000)  # the worker's end handled, not only its thread
     assert not fill.complete
     viewer.dims.set_point(0, 100 * 8.0)  # plane 100 in 2D, at full size
     qtbot.wait(300)

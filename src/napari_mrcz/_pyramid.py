@@ -57,6 +57,7 @@ class VolumeFill:
             self.entry.create_levels()
         self.levels: list[np.ndarray] = self.entry.open_levels()
         self.complete = self.rebuilt = False
+        self.ended = False  # the worker has finished and its end was handled (cleanup, last refresh)
         self.worker: Any = None
         self._layer: weakref.ref | None = None
         self._last_refresh = 0.0
@@ -111,6 +112,7 @@ class VolumeFill:
         if not self.complete and self.entry.crcs is None:  # a build was cancelled: nothing of it is kept
             shutil.rmtree(self.entry.folder, ignore_errors=True)
         self._refresh()
+        self.ended = True
 
 
 def fill_of(layer: Any) -> VolumeFill | None:
