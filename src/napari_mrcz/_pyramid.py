@@ -14,6 +14,7 @@ levels.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import time
 import weakref
@@ -31,6 +32,8 @@ REFRESH_S = 1.0
 
 #: The fills under way, by the id of their first coarse level (what the layer holds).
 _FILLS: dict[int, VolumeFill] = {}
+#: Fills whose worker thread may still run (stopped and waited for at exit).
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
 
 
 def wants_pyramid(source: ImageSource) -> bool:
@@ -85,6 +88,10 @@ class VolumeFill:
                                                              "desc": f"Binning {name} for 3D"})
         self.worker.yielded.connect(self._on_frame)
         self.worker.finished.connect(self._on_finished)
+        if not _RUNNING:
+            atexit.unregister(_stop_fills)
+            atexit.register(_stop_fills)  # after Qt's own exit handlers: runs before them
+        _RUNNING.add(self)
         self.worker.start()
 
     def cancel(self) -> None:
@@ -113,6 +120,24 @@ class VolumeFill:
             shutil.rmtree(self.entry.folder, ignore_errors=True)
         self._refresh()
         self.ended = True
+        _RUNNING.discard(self)
+
+
+def _stop_fills() -> None:
+    """At exit: stop the fills still running and wait for their threads.
+
+    Quitting napari closes the window without removing its layers, so a fill
+    can still be decoding when Python exits; its thread would then signal
+    through Qt objects already deleted (a RuntimeError from the thread, or an
+    abort). Stopped here, it ends at its next plane.
+    """
+    running = list(_RUNNING)
+    for fill in running:
+        fill.cancel()
+    if running:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(60_000)
 
 
 def fill_of(layer: Any) -> VolumeFill | None:
