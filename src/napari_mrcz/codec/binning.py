@@ -57,8 +57,13 @@ class BlockSums:
 
     def mean(self) -> np.ndarray:
         """The blocks' means, as float32."""
-        counts = np.outer(self.rows, self.cols) * float(self.planes)
-        return (self.sums / counts).astype(np.float32)
+        out = np.empty(self.sums.shape, np.float32)
+        cols = self.cols.astype(np.float64)
+        step = max(1, _STRIP_BYTES // max(1, 8 * len(cols)))  # rows of counts at a time
+        for y in range(0, len(self.rows), step):
+            counts = np.outer(self.rows[y:y + step] * float(self.planes), cols)
+            np.divide(self.sums[y:y + step], counts, out=out[y:y + step], casting="unsafe")
+        return out
 
     def coarser(self) -> BlockSums:
         """The sums of blocks twice as large (2 x 2 of these), exactly."""
@@ -72,18 +77,48 @@ class BlockSums:
         self.planes += other.planes
 
 
+def _sum_whole(a: np.ndarray, factor: int, axis: int, dtype: type) -> np.ndarray:
+    """Sums of consecutive groups of ``factor`` along ``axis`` (0 or 1; its length a multiple).
+
+    Small factors add ``factor`` strided slices (numpy reduces a short axis
+    slowly); large ones reduce a reshaped axis.
+    """
+    if factor > 16:
+        shape = (-1, factor, a.shape[1]) if axis == 0 else (a.shape[0], -1, factor)
+        return a.reshape(shape).sum(axis=axis + 1, dtype=dtype)
+    pick = (lambda k: a[k::factor]) if axis == 0 else (lambda k: a[:, k::factor])
+    out = pick(0).astype(dtype)
+    for k in range(1, factor):
+        out += pick(k)
+    return out
+
+
 def _sum_blocks(plane: np.ndarray, factor: int, dtype: type) -> np.ndarray:
-    """Sums of ``factor x factor`` blocks of a 2D array, accumulated in ``dtype``."""
+    """Sums of ``factor x factor`` blocks of a 2D array, accumulated in ``dtype``.
+
+    Strips of whole blocks of rows: the rows of each block are summed into a
+    (blocks, nx) strip of at most ``_STRIP_BYTES``, then its columns; the
+    shorter last block along an axis on its own. Several times faster than
+    ``np.add.reduceat`` over thousands of small blocks.
+    """
     ny, nx = plane.shape
-    rows = block_starts(ny, factor)
-    cols = block_starts(nx, factor)
-    out = np.empty((len(rows), len(cols)), dtype=dtype)
-    strip = max(1, _STRIP_BYTES // max(1, nx * 8))  # blocks of rows per strip: (strip, nx) float64
-    for first in range(0, len(rows), strip):
-        last = min(len(rows), first + strip)
-        y0, y1 = rows[first], (rows[last] if last < len(rows) else ny)
-        part = np.add.reduceat(plane[y0:y1], rows[first:last] - y0, axis=0, dtype=dtype)
-        out[first:last] = np.add.reduceat(part, cols, axis=1, dtype=dtype)
+    by, bx = binned_size(ny, factor), binned_size(nx, factor)
+    whole_y, whole_x = ny // factor, nx // factor
+    out = np.empty((by, bx), dtype=dtype)
+    strip = max(1, _STRIP_BYTES // max(1, nx * np.dtype(dtype).itemsize))
+    for first in range(0, by, strip):
+        last = min(by, first + strip)
+        rows = plane[first * factor:min(ny, last * factor)]
+        whole = max(0, min(last, whole_y) - first)
+        part = np.empty((last - first, nx), dtype=dtype)
+        if whole:
+            part[:whole] = _sum_whole(rows[:whole * factor], factor, 0, dtype)
+        if last - first > whole:
+            part[whole:] = rows[whole * factor:].sum(axis=0, dtype=dtype)
+        if whole_x:
+            out[first:last, :whole_x] = _sum_whole(part[:, :whole_x * factor], factor, 1, dtype)
+        if bx > whole_x:
+            out[first:last, whole_x] = part[:, whole_x * factor:].sum(axis=1)
     return out
 
 
