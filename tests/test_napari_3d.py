@@ -160,10 +160,16 @@ def test_removing_the_layer_stops_the_fill_and_caches_nothing(viewer, qtbot, big
 
 
 def test_a_cancelled_fill_leaves_the_layer_usable(viewer, qtbot, big_volume):
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+    from qtpy.QtCore import Qt
+
     (layer,) = viewer.open(str(big_volume), plugin=PLUGIN)
     fill = fill_of(layer)
     qtbot.waitUntil(lambda: fill.worker is not None, timeout=10000)
-    fill.cancel()
+    bars = [bar for bar in viewer.window._qt_window.findChildren(QtLabeledProgressBar)
+            if bar.description_label.text().startswith("Binning tomogram.rec for 3D")]
+    assert len(bars) == 1 and bars[0].cancel_button.isVisibleTo(bars[0])
+    qtbot.mouseClick(bars[0].cancel_button, Qt.MouseButton.LeftButton)  # the activity dock's Cancel
     qtbot.waitUntil(lambda: fill.ended, timeout=30000)  # the worker's end handled, not only its thread
     assert not fill.complete
     viewer.dims.set_point(0, 100 * 8.0)  # plane 100 in 2D, at full size

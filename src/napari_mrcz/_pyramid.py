@@ -62,6 +62,7 @@ class VolumeFill:
         self.complete = self.rebuilt = False
         self.ended = False  # the worker has finished and its end was handled (cleanup, last refresh)
         self.worker: Any = None
+        self.progress: Any = None  # napari's progress bar, while the worker runs
         self._layer: weakref.ref | None = None
         self._last_refresh = 0.0
         self._interval = REFRESH_S
@@ -78,14 +79,18 @@ class VolumeFill:
         self.complete = True
 
     def start(self) -> None:
-        """Start checking, or filling, in napari's thread worker (a progress bar in the activity dock)."""
+        """Start checking, or filling, in napari's thread worker.
+
+        Its progress bar in napari's activity dock has a Cancel button.
+        """
         if self.complete or self.worker is not None:
             return
         from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
 
         name = Path(self.source.path).name
-        self.worker = create_worker(self._frames, _progress={"total": self.source.shape[0],
-                                                             "desc": f"Binning {name} for 3D"})
+        self.progress = cancelable_progress(total=self.source.shape[0], desc=f"Binning {name} for 3D")
+        self.worker = create_worker(self._frames)
         self.worker.yielded.connect(self._on_frame)
         self.worker.finished.connect(self._on_finished)
         if not _RUNNING:
@@ -112,12 +117,16 @@ class VolumeFill:
         self._interval = max(REFRESH_S, 5 * (self._last_refresh - start))
 
     def _on_frame(self, done: int) -> None:
+        if self.progress.is_canceled:  # the Cancel button: stops at the next frame
+            self.cancel()
+        self.progress.increment_with_overflow()
         if time.monotonic() - self._last_refresh >= self._interval:
             self._refresh()
 
     def _on_finished(self) -> None:
         if not self.complete and self.entry.crcs is None:  # a build was cancelled: nothing of it is kept
             shutil.rmtree(self.entry.folder, ignore_errors=True)
+        self.progress.close()
         self._refresh()
         self.ended = True
         _RUNNING.discard(self)
