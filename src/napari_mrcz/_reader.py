@@ -19,6 +19,7 @@ import numpy as np
 from ._pyramid import VolumeFill, wants_pyramid, watch
 from .codec.blosc_chunks import warm
 from .codec.export import source_sections
+from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels
 from .codec.lazy import LazyStack
 from .codec.source import ImageSource, open_image
 
@@ -119,6 +120,10 @@ def layer_data(source: ImageSource) -> list[LayerData]:
                     view = fn(arr).astype(real)
                 complex_variants.append((f"{label} ({part})", view, fn))
         variants = complex_variants
+    levels = _frame_levels(source) if len(variants) == 1 and variants[0][2] is None else None
+    if levels is not None:  # huge frames: zooming out draws a coarse level
+        return [([data, *levels], {**base, "name": name, "multiscale": True,
+                                   "contrast_limits": _contrast(source, None)}, "image")]
     if len(variants) == 1 and variants[0][2] is None and wants_pyramid(source):
         try:
             levels = _multiscale(source, data)
@@ -130,6 +135,26 @@ def layer_data(source: ImageSource) -> list[LayerData]:
                               "contrast_limits": _contrast(source, None)}, "image")]
     return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
             for label, arr, fn in variants]
+
+
+def _frame_levels(source: ImageSource) -> list[Any] | None:
+    """Coarse levels, binned on demand, for the huge frames of an image, movie or tilt series.
+
+    Not for volumes that get a pyramid binned in z too, and not for RGB or
+    complex data (no single mean).
+    """
+    frame_shape = source.shape[-2:]
+    if (source.rgb or len(source.shape) not in (2, 3) or np.dtype(source.dtype).kind not in "biuf"
+            or not plan_frame_levels(frame_shape) or (len(source.shape) == 3 and wants_pyramid(source))):
+        return None
+    if source.cache is not None:
+        frames = FrameLevels(source.cache.read_through, source.cache.n, frame_shape, keep=source.cache.get)
+    elif len(source.shape) == 3:
+        frames = FrameLevels(source.data.__getitem__, source.shape[0], frame_shape)
+    else:
+        frames = FrameLevels(lambda i: source.data, 1, frame_shape)
+    stacks = frames.stacks()
+    return stacks if len(source.shape) == 3 else [LazyPlane(stack) for stack in stacks]
 
 
 def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:

@@ -25,11 +25,13 @@ def _particles(rng: np.random.Generator, ny: int, nx: int, n: int, radius: float
     return density / density.max()
 
 
-def movie(nframes: int = 16, size: int = 1024, seed: int = 0) -> np.ndarray:
-    """A counting-mode movie: int8 electron counts, (nframes, size, size)."""
+def movie(nframes: int = 16, size: int = 1024, seed: int = 0,
+          shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A counting-mode movie: int8 electron counts, (nframes, size, size), or (nframes, *shape)."""
     rng = np.random.default_rng(seed)
-    contrast = 1.0 - 0.45 * _particles(rng, size, size, n=size // 12, radius=size / 90)
-    frames = np.empty((nframes, size, size), np.int8)
+    ny, nx = shape if shape is not None else (size, size)
+    contrast = 1.0 - 0.45 * _particles(rng, ny, nx, n=ny * nx // (12 * min(ny, nx)), radius=min(ny, nx) / 90)
+    frames = np.empty((nframes, ny, nx), np.int8)
     for k in range(nframes):
         shifted = np.roll(contrast, (k // 3, k // 4), axis=(0, 1))
         frames[k] = np.minimum(rng.poisson(1.2 * shifted), 127)

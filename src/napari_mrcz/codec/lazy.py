@@ -149,6 +149,16 @@ class FrameCache:
         self._schedule(i)
         return frame
 
+    def cached(self, i: int) -> np.ndarray | None:
+        """Frame ``i`` if the cache holds it (nothing decoded, nothing moves)."""
+        with self._lock:
+            return self._frames.get(i)
+
+    def read_through(self, i: int) -> np.ndarray:
+        """Frame ``i`` from the cache if it is there, else decoded and not kept (nothing else moves)."""
+        frame = self.cached(i)
+        return frame if frame is not None else self._read(i)
+
     def _load(self, i: int) -> np.ndarray:
         frame = self._read(i)
         frame.setflags(write=False)
@@ -217,16 +227,24 @@ class LazyStack:
         Number of frames (default: the cache's).
     transform
         Applied to each frame (amplitude or phase of complex data).
+    region
+        ``region(i, box) -> ndarray``: a box (a tuple of slices) of frame ``i``
+        made without the whole frame. Given, a box smaller than the frame is
+        read through it (a coarse level bins only what a zoomed-in viewer shows)
+        and whole frames through the cache.
     """
 
     def __init__(self, cache: FrameCache, frame_shape: tuple[int, ...], dtype: Any, *,
                  index: Callable[[int], int] | None = None, n: int | None = None,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 region: Callable[[int, tuple[slice, ...]], np.ndarray] | None = None,
+                 _box: tuple[slice, ...] | None = None) -> None:
         self.cache = cache
         self.frame_shape = tuple(frame_shape)
         self.dtype = np.dtype(dtype)
         self._index = index or (lambda i: i)
         self._transform = transform
+        self._region, self._box = region, _box
         self.shape = (cache.n if n is None else n, *self.frame_shape)
 
     @property
@@ -252,11 +270,31 @@ class LazyStack:
 
     def frame(self, i: int) -> np.ndarray:
         """Frame ``i`` (negative counts from the end)."""
+        if self._box is not None:
+            return self._region(self._source_index(i), self._box)
+        frame = self.cache.get(self._source_index(i))
+        return frame if self._transform is None else self._transform(frame)
+
+    def _source_index(self, i: int) -> int:
+        """The cache's number of this stack's frame ``i`` (negative counts from the end)."""
         n = self.shape[0]
         if not -n <= i < n:
             raise IndexError(f"frame {i} out of range for {n} frames")
-        frame = self.cache.get(self._index(i % n))
-        return frame if self._transform is None else self._transform(frame)
+        return self._index(i % n)
+
+    def _region_box(self, rest: tuple) -> tuple[slice, ...] | None:
+        """``rest`` as a box for ``region``: step-1 slices on every axis, smaller than a frame."""
+        if (self._region is None or self._transform is not None or self._box is not None
+                or len(rest) != len(self.frame_shape) or not all(isinstance(k, slice) for k in rest)):
+            return None
+        box = []
+        for key, size in zip(rest, self.frame_shape, strict=True):
+            start, stop, step = key.indices(size)
+            if step != 1 or stop <= start:
+                return None
+            box.append(slice(start, stop))
+        smaller = any(b.stop - b.start < n for b, n in zip(box, self.frame_shape, strict=True))
+        return tuple(box) if smaller else None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -267,6 +305,9 @@ class LazyStack:
             key = key[:at] + fill + key[at + 1:]
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
         if isinstance(first, (int, np.integer)):
+            box = self._region_box(rest)
+            if box is not None:
+                return np.asarray(self._region(self._source_index(int(first)), box))
             return np.asarray(self.frame(int(first))[rest] if rest else self.frame(int(first)))
         frames = np.arange(self.shape[0])[first]
         if isinstance(first, slice) and frames.size == 1:
@@ -279,6 +320,10 @@ class LazyStack:
 
     def _view(self, frames: np.ndarray, rest: tuple) -> LazyStack:
         inner, index = self._transform, self._index
+        box = self._region_box(rest)
+        if box is not None:
+            return LazyStack(self.cache, tuple(b.stop - b.start for b in box), self.dtype, n=len(frames),
+                             index=lambda k: index(int(frames[k])), region=self._region, _box=box)
 
         def crop(frame: np.ndarray) -> np.ndarray:
             frame = inner(frame) if inner is not None else frame
