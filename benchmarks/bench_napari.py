@@ -16,6 +16,12 @@ longest event-loop gap from the switch until the coarse level is complete,
 and peak RSS; beside napari showing the same data from memory (read first,
 not timed) and napari-mrcfile-reader (plain MRC). Every run has its own
 process, so that peak memory is its own.
+
+Huge frames (``--huge``, on by default): a K3 super-resolution movie (8
+frames of 11520 x 8184 int8) and a 20000 x 20000 int16 montage, as MRCZ and
+plain MRC: first frame, longest gaps stepping and jumping, peak RSS, each run
+in its own process, beside napari with the data in memory and
+napari-mrcfile-reader.
 """
 
 from __future__ import annotations
@@ -70,25 +76,42 @@ def warm_up(folder: Path, has_mrcfile_reader: bool) -> None:
 
 def measure(path: Path, plugin: str, steps: int = 30) -> dict:
     import napari
+    import psutil
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
+    me = psutil.Process()
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     t0 = time.perf_counter()
-    layers = viewer.open(str(path), plugin=plugin)
+    if plugin == "in memory":
+        from napari_mrcz import codec
+
+        with codec.MRCStack(path) as stack:
+            data = stack.read()
+        t0 = time.perf_counter()  # reading the file is not napari's part
+        layers = [viewer.add_image(data[0] if len(data) == 1 else data, name="in memory")]
+    else:
+        layers = viewer.open(str(path), plugin=plugin)
     app.processEvents()
     first = time.perf_counter() - t0
-    n = layers[0].data.shape[0]
+    n = layers[0].data.shape[0] if layers[0].ndim == 3 else 1
     out = {"first_frame_s": first}
+    peak = [me.memory_info().rss]
     for name, frames in (("jump", [(k * 7) % n for k in range(1, steps + 1)]),
                          ("step", [k % n for k in range(1, steps + 1)])):
         ticks: list[float] = []
+
+        def tick(ticks: list[float] = ticks) -> None:
+            ticks.append(time.perf_counter())
+            peak[0] = max(peak[0], me.memory_info().rss)
+
         timer = QTimer()
-        timer.timeout.connect(lambda ticks=ticks: ticks.append(time.perf_counter()))
+        timer.timeout.connect(tick)
         timer.start(5)
         for frame in frames:
-            viewer.dims.set_point(0, frame)
+            if n > 1:
+                viewer.dims.set_point(0, frame)
             end = time.perf_counter() + 0.04
             while time.perf_counter() < end:
                 app.processEvents()
@@ -97,8 +120,29 @@ def measure(path: Path, plugin: str, steps: int = 30) -> dict:
         gaps = np.diff(ticks) if len(ticks) > 1 else np.array([np.nan])
         out[f"{name}_max_gap_s"] = float(np.max(gaps))
         out[f"{name}_p95_gap_s"] = float(np.percentile(gaps, 95))
+    out["peak_rss_bytes"] = peak[0]
     viewer.close()
     return out
+
+
+def make_huge(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """A K3 super-resolution movie (8 frames, 11520 x 8184 int8) and a 20000 x 20000 int16 montage,
+    each as MRCZ and plain MRC."""
+    from napari_mrcz import codec, samples
+
+    frames = list(samples.movie(nframes=2, shape=(8184, 11520)))
+    movie = [frames[k % 2] for k in range(8)]
+    montage = np.tile(frames[0], (3, 2))[:20000, :20000].astype(np.int16) * 100  # camera frames side by side
+    files = {}
+    for name, data, suffix, pixel in (("K3 movie", movie, ".mrcs", [1.0, 0.415, 0.415]),
+                                      ("montage", montage, ".mrc", 20.0)):
+        stem = name.replace(" ", "_")
+        packed, plain = folder / f"{stem}.mrcz", folder / f"{stem}{suffix}"
+        codec.writeMRC(data, packed, compressor="zstd", pixelsize=pixel)
+        codec.writeMRC(data, plain, pixelsize=pixel)
+        files[name] = (packed, plain)
+    os.sync()
+    return files
 
 
 def make_tomograms(folder: Path, gb: float) -> dict[str, Path]:
@@ -181,12 +225,13 @@ def measure_3d(path: Path, how: str, timeout_s: float = 600.0) -> dict:
             "peak_rss_bytes": peak[0], "rss_before_bytes": rss0}
 
 
-def run_3d(path: Path, how: str, cache: Path) -> dict:
-    """:func:`measure_3d` in a fresh process (peak memory, an empty pyramid cache)."""
+def run_alone(kind: str, path: Path, how: str, cache: Path) -> dict:
+    """:func:`measure_3d` (``kind`` "3d") or :func:`measure` ("frames") in a fresh process: its own
+    peak memory, an empty pyramid cache."""
     import subprocess
 
     env = {**os.environ, "NAPARI_MRCZ_CACHE_DIR": str(cache)}
-    out = subprocess.run([sys.executable, __file__, "--measure-3d", str(path), how], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--measure", kind, str(path), how], capture_output=True,
                          text=True, env=env, timeout=1800)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
     if line is None:
@@ -198,12 +243,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="*", default=[0.5, 1.0, 2.0])
     ap.add_argument("--tomograms", type=float, nargs="*", default=[1.0, 2.0, 4.0])
-    ap.add_argument("--measure-3d", nargs=2, metavar=("PATH", "HOW"), help=argparse.SUPPRESS)
+    ap.add_argument("--huge", action=argparse.BooleanOptionalAction, default=True,
+                    help="huge frames: a K3 super-resolution movie and a 20000 x 20000 montage")
+    ap.add_argument("--measure", nargs=3, metavar=("KIND", "PATH", "HOW"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args()
-    if args.measure_3d:  # one run, in its own process (see run_3d)
-        print("RESULT" + json.dumps(measure_3d(Path(args.measure_3d[0]), args.measure_3d[1])))
+    if args.measure:  # one run, in its own process (see run_alone)
+        kind, path, how = args.measure
+        if kind == "frames":
+            warm_up(Path(path).parent, how == "napari-mrcfile-reader")
+        result = measure_3d(Path(path), how) if kind == "3d" else measure(Path(path), how, steps=12)
+        print("RESULT" + json.dumps(result))
         return
     has_mrcfile_reader = importlib.util.find_spec("napari_mrcfile_reader") is not None
     results: dict = {}
@@ -215,13 +266,28 @@ def main() -> None:
             runs["napari, in memory"] = (files["MRC"], "in memory")
             if has_mrcfile_reader:
                 runs["napari-mrcfile-reader, MRC"] = (files["MRC"], "napari-mrcfile-reader")
-            row = {name: run_3d(path, how, Path(tmp) / f"cache-{name}") for name, (path, how) in runs.items()}
+            row = {name: run_alone("3d", path, how, Path(tmp) / f"cache-{name}")
+                   for name, (path, how) in runs.items()}
             results_3d[f"{gb:g} GB"] = row
             print(gb, json.dumps(row), flush=True)
             for path in files.values():
                 path.unlink()
-        if not args.sizes:
+        if results_3d:
             write_3d(results_3d, args.out)
+        if args.huge:
+            results_huge: dict = {}
+            for name, (packed, plain) in make_huge(Path(tmp)).items():
+                runs = {"napari-mrcz, MRCZ (zstd)": (packed, "napari-mrcz"),
+                        "napari-mrcz, MRC": (plain, "napari-mrcz"), "napari, in memory": (plain, "in memory")}
+                if has_mrcfile_reader:
+                    runs["napari-mrcfile-reader, MRC"] = (plain, "napari-mrcfile-reader")
+                results_huge[name] = {how: run_alone("frames", path, plugin, Path(tmp) / "cache")
+                                      for how, (path, plugin) in runs.items()}
+                print(name, json.dumps(results_huge[name]), flush=True)
+                packed.unlink()
+                plain.unlink()
+            write_huge(results_huge, args.out)
+        if not args.sizes:
             return
         warm_up(Path(tmp), has_mrcfile_reader)
         for gb in args.sizes:
@@ -233,8 +299,6 @@ def main() -> None:
             for path in files.values():
                 path.unlink()
     write_2d(results, args.out)
-    if results_3d:
-        write_3d(results_3d, args.out)
 
 
 def write_2d(results: dict, out: Path) -> None:
@@ -248,6 +312,24 @@ def write_2d(results: dict, out: Path) -> None:
                          f"{r['jump_max_gap_s'] * 1e3:.0f} / {r['jump_p95_gap_s'] * 1e3:.0f} ms |")
     publish(out, "napari", "napari", results, "\n".join(lines))
     plot(results, out / "napari.png")
+
+
+def write_huge(results: dict, out: Path) -> None:
+    """The huge-frames table and plot into docs/benchmarks.md and docs/benchmarks/napari_huge.*."""
+    lines = ["| file | reader | first frame | stepping +1: longest gap | jumping: longest gap | peak RSS |",
+             "|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        for reader, r in row.items():
+            if "error" in r:
+                lines.append(f"| {name} | {reader} | failed: {r['error'].splitlines()[-1][:80]} | | | |")
+                continue
+            lines.append(f"| {name} | {reader} | {r['first_frame_s'] * 1e3:.0f} ms | "
+                         f"{r['step_max_gap_s'] * 1e3:.0f} ms | {r['jump_max_gap_s'] * 1e3:.0f} ms | "
+                         f"{r['peak_rss_bytes'] / 1e9:.2f} GB |")
+    publish(out, "napari_huge", "napari-huge", results, "\n".join(lines))
+    bars(results, out / "napari_huge.png", [("first_frame_s", "time to first frame", 1, "s", None),
+                                            ("jump_max_gap_s", "longest gap, jumping frames", 1, "s", None),
+                                            ("peak_rss_bytes", "peak resident memory", 1e-9, "GB", None)])
 
 
 def write_3d(results: dict, out: Path) -> None:
