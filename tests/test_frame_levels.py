@@ -128,3 +128,26 @@ def test_what_gets_no_frame_levels(tmp_path, small_huge, rng):
     codec.writeMRC((rng.normal(size=(100, 100)) + 1j).astype(np.complex64), complex_, pixelsize=1.0)
     for path in (small, complex_):
         assert all(not attributes.get("multiscale") for _, attributes, _ in layer_data(open_image(path)))
+
+
+def test_a_filling_level_gives_one_frame_at_once_and_the_whole_as_filled(small_huge, rng):
+    """What napari's 2D view (one frame) and 3D view (the whole level) get while the fill runs."""
+    from types import SimpleNamespace
+
+    from napari_mrcz._pyramid import FillingStack
+
+    frames = rng.normal(size=(6, 128, 128)).astype(np.float32)
+    levels = FrameLevels(frames.__getitem__, 6, (128, 128), budget=FrameBudget(), factors=[2])
+    filled = np.zeros((6, 64, 64), np.float32)
+    fill = SimpleNamespace(done=0)  # frames the background pass has binned so far
+    level = FillingStack(levels.stacks()[0], filled, fill)
+    filled[:2] = [block_means(frames[i], 2) for i in range(2)]
+    fill.done = 2
+    for i in (0, 4, -1):  # 2D: data[:, y0:y1, x0:x1] then [i], or data[i]
+        np.testing.assert_array_equal(level[:, 8:40, :][i], block_means(frames[i], 2)[8:40])
+        np.testing.assert_array_equal(level[i], block_means(frames[i], 2))
+        np.testing.assert_array_equal(level[i % 6:i % 6 + 1, 3:9][0], block_means(frames[i], 2)[3:9])
+    assert levels.caches[0].cached(4) is not None and levels.caches[0].cached(0) is None
+    whole = np.asarray(level[:, :, :])  # 3D: what is filled, nothing binned now
+    np.testing.assert_array_equal(whole[:2], filled[:2])
+    assert not whole[2:].any()

@@ -243,7 +243,9 @@ def test_removing_the_layer_cancels_its_load(viewer, tmp_path, qtbot):
 
 def test_sample_data(viewer):
     (movie,) = viewer.open_sample(PLUGIN, "movie")
-    assert isinstance(movie.data, LazyStack) and movie.data.shape == (24, 1024, 1024)
+    # 24 x 1024 x 1024 int8 (100 MB as float32): a coarse level, 24 x 512 x 512, for 3D
+    assert movie.multiscale and [level.shape for level in movie.data] == [(24, 1024, 1024), (24, 512, 512)]
+    assert isinstance(movie.data[0], LazyStack)
     assert movie.metadata["mrcz"]["compressor"] == "zstd"
     (tomo,) = viewer.open_sample(PLUGIN, "tomogram")
     assert tomo.data.shape == (96, 384, 384) and list(tomo.scale) == pytest.approx([10.0, 10.0, 10.0])

@@ -269,3 +269,64 @@ def test_quitting_napari_while_a_level_fills_exits_cleanly(big_volume, tmp_path)
         assert done.stdout.strip() == "filling", done.stderr
         assert done.returncode == 0, done.stderr
         assert "RuntimeError" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_large_movie_in_3d_shows_a_coarse_level_filled_behind(viewer, qtbot, tmp_path, rng):
+    """A stack: binned in y and x only, every frame kept; 2D asks for one frame, binned at once."""
+    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)  # 201 MB as float32
+    path = tmp_path / "movie.mrcz"
+    codec.writeMRC(list(movie), path, compressor="zstd", pixelsize=[1.0, 1.0, 1.0])
+    expected = movie.reshape(48, 512, 2, 512, 2).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    fill = fill_of(layer)
+    assert layer.multiscale and fill is not None
+    assert [d.shape for d in layer.data] == [movie.shape, expected.shape]
+    qtbot.wait(500)
+    assert fill.worker is None and fill.done == 0, "in 2D nothing is filled: a movie is viewed frame by frame"
+    np.testing.assert_array_equal(layer.data[1][40], expected[40])  # binned now
+    viewer.dims.ndisplay = 3
+    wait_filled(qtbot, fill)
+    assert fill.done == 48
+    np.testing.assert_array_equal(np.asarray(layer.data[1]), expected)
+    np.testing.assert_array_equal(layer.data[1][7, 100:200, 30:40], expected[7, 100:200, 30:40])
+    decoded = layer.data[1].lazy.cache.misses
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, 11)
+    viewer.dims.ndisplay = 3
+    qtbot.wait(300)
+    assert drawn(viewer) > 5
+    assert layer.data[1].lazy.cache.misses == decoded, "the filled level was drawn, no frame binned again"
+    viewer.layers.remove(layer)
+    (again,) = viewer.open(str(path), plugin=PLUGIN)  # in 3D: the cached level, checked, at once
+    refill = fill_of(again)
+    wait_filled(qtbot, refill)
+    assert refill.cached and not refill.rebuilt
+    np.testing.assert_array_equal(np.asarray(again.data[1]), expected)
+
+
+def test_a_movie_never_shown_in_3d_leaves_nothing_in_the_cache(viewer, qtbot, tmp_path, rng):
+    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)
+    path = tmp_path / "movie.mrcz"
+    codec.writeMRC(list(movie), path, compressor="zstd", pixelsize=[1.0, 1.0, 1.0])
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    fill = fill_of(layer)
+    viewer.dims.set_point(0, 30)
+    qtbot.wait(200)
+    viewer.layers.remove(layer)
+    assert fill.worker is None and not fill.entry.folder.exists()
+
+
+def test_a_movie_switched_to_3d_at_once_draws_what_is_binned_and_fills_the_rest(viewer, qtbot, tmp_path, rng):
+    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)
+    path = tmp_path / "movie.mrcz"
+    codec.writeMRC(list(movie), path, compressor="zstd", pixelsize=[1.0, 1.0, 1.0])
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    fill = fill_of(layer)
+    viewer.dims.ndisplay = 3  # before the fill has binned anything
+    with Gaps() as gaps:
+        wait_filled(qtbot, fill)
+        qtbot.wait(200)
+    assert drawn(viewer) > 5
+    assert layer.data[1].lazy.cache.misses <= 2, "only frames 2D showed were binned at once, not the movie"
+    budget = napari_own_cost(viewer, qtbot, np.asarray(layer.data[1])) + 0.05
+    assert gaps.longest <= budget, (gaps.longest, budget)

@@ -1,4 +1,4 @@
-"""Large volumes as multiscale layers: the codec's pyramid, filled in the background, wired to napari.
+"""Large volumes and stacks as multiscale layers: coarse levels filled in the background, wired to napari.
 
 Thin by design: :mod:`napari_mrcz.codec.pyramid` plans, builds and caches the
 levels; this module gives napari the level arrays at once (memory maps in the
@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from .codec.pyramid import CacheEntry, PyramidCache, fill_entry_steps, plan_levels
+from .codec.binning import binned_size
+from .codec.pyramid import CacheEntry, PyramidCache, fill_entry_steps, fill_frames_steps, plan_levels
 from .codec.source import ImageSource
 
 #: Shortest time between two refreshes of a filling layer (each uploads the coarsest level anew);
 #: longer where a refresh is slow, so that redrawing never takes more than a fifth of the time.
 REFRESH_S = 1.0
 
-#: The fills under way, by the id of their first coarse level (what the layer holds).
-_FILLS: dict[int, VolumeFill] = {}
+#: The fills under way, by the id of the level arrays a layer holds.
+_FILLS: dict[int, LevelFill] = {}
 #: Fills whose worker thread may still run (stopped and waited for at exit).
 _RUNNING: weakref.WeakSet = weakref.WeakSet()
 
@@ -43,13 +44,23 @@ def wants_pyramid(source: ImageSource) -> bool:
             and bool(plan_levels(source.shape)))
 
 
-class VolumeFill:
-    """The coarse levels of one opened volume, and the background pass that fills them."""
+class LevelFill:
+    """Coarse levels of one opened file, and the background pass that fills them.
 
-    def __init__(self, source: ImageSource, read_frame: Any, cache: PyramidCache | None = None) -> None:
-        self.source, self.read_frame = source, read_frame
+    A volume's pyramid (binned in z, y and x), or with ``factor`` the one
+    level of a movie or tilt series napari draws in 3D: every frame binned
+    ``factor`` in y and x.
+    """
+
+    def __init__(self, source: ImageSource, read_frame: Any, cache: PyramidCache | None = None,
+                 factor: int | None = None) -> None:
+        self.source, self.read_frame, self.factor = source, read_frame, factor
+        #: Start when its viewer first shows 3D (a movie is mostly viewed in 2D), not when opened.
+        self.start_in_3d = factor is not None
         self.cache = cache if cache is not None else PyramidCache()
-        shapes = plan_levels(source.shape)
+        n, ny, nx = source.shape
+        shapes = plan_levels(source.shape) if factor is None else \
+            [(n, binned_size(ny, factor), binned_size(nx, factor))]
         # Checked at once (manifest, shapes); the values' CRC-32s in the worker, off the event loop.
         found = self.cache.find(source.path, verify=False)
         self.cached = found is not None and found.shapes == shapes
@@ -59,6 +70,7 @@ class VolumeFill:
             self.entry = self.cache.new_entry(source.path, shapes)
             self.entry.create_levels()
         self.levels: list[np.ndarray] = self.entry.open_levels()
+        self.done = 0  # frames binned so far (as the event loop has heard)
         self.complete = self.rebuilt = False
         self.ended = False  # the worker has finished and its end was handled (cleanup, last refresh)
         self.worker: Any = None
@@ -74,7 +86,10 @@ class VolumeFill:
             self.complete = True
             return
         self.rebuilt = self.cached  # damaged (or new): built again, in these very files
-        yield from fill_entry_steps(self.entry, self.read_frame, self.source.shape)
+        if self.factor is None:
+            yield from fill_entry_steps(self.entry, self.read_frame, self.source.shape)
+        else:
+            yield from fill_frames_steps(self.entry, self.read_frame, self.source.shape[0], self.factor)
         self.cache.evict(keep=self.entry.folder)
         self.complete = True
 
@@ -103,6 +118,8 @@ class VolumeFill:
         """Stop filling (the planes done stay; the layer stays usable; nothing is cached)."""
         if self.worker is not None and not self.complete:
             self.worker.quit()
+        elif self.worker is None and self.entry.crcs is None:  # never started: its empty files go
+            shutil.rmtree(self.entry.folder, ignore_errors=True)
 
     def attach(self, layer: Any) -> None:
         """The layer showing these levels: refreshed as planes finish."""
@@ -117,6 +134,7 @@ class VolumeFill:
         self._interval = max(REFRESH_S, 5 * (self._last_refresh - start))
 
     def _on_frame(self, done: int) -> None:
+        self.done = done
         if self.progress.is_canceled:  # the Cancel button: stops at the next frame
             self.cancel()
         self.progress.increment_with_overflow()
@@ -124,6 +142,8 @@ class VolumeFill:
             self._refresh()
 
     def _on_finished(self) -> None:
+        if self.complete:
+            self.done = self.source.shape[0]
         if not self.complete and self.entry.crcs is None:  # a build was cancelled: nothing of it is kept
             shutil.rmtree(self.entry.folder, ignore_errors=True)
         self.progress.close()
@@ -149,18 +169,63 @@ def _stop_fills() -> None:
         QThreadPool.globalInstance().waitForDone(60_000)
 
 
-def fill_of(layer: Any) -> VolumeFill | None:
+class FillingStack:
+    """The coarsest level of a movie or tilt series: a frame on demand, or every frame as filled so far.
+
+    napari's 2D view asks for one frame (``data[:, y0:y1, x0:x1]``, then
+    ``[i]``): binned now (``lazy``) if the fill has not reached it yet. Its 3D
+    view reads the whole level: what the fill has binned (``filled``; zeros
+    beyond), refreshed as the fill goes.
+    """
+
+    def __init__(self, lazy: Any, filled: np.ndarray, fill: LevelFill) -> None:
+        self.lazy, self.filled, self.fill = lazy, filled, fill
+        self.shape, self.dtype, self.ndim = tuple(filled.shape), np.dtype(np.float32), filled.ndim
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest, n = (key[0] if key else slice(None)), key[1:], self.shape[0]
+        if isinstance(first, slice) and len(range(n)[first]) == 1:  # data[i:i + 1, ...]: one frame too
+            return self[(range(n)[first][0], *rest)][None]
+        if isinstance(first, (int, np.integer)):
+            binned = -n <= first < n and int(first) % n < self.fill.done
+            return np.asarray(self.filled[key] if binned else self.lazy[key])
+        return FillingStack(self.lazy[key], self.filled[key], self.fill)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.filled, dtype=dtype)
+
+
+def register(fill: LevelFill, shown: Any) -> None:
+    """``shown`` (a level a layer holds) is filled by ``fill``: :func:`fill_of` finds it."""
+    _FILLS[id(shown)] = fill
+
+
+def fill_of(layer: Any) -> LevelFill | None:
     """The fill of a multiscale layer this plugin opened, if any."""
     if not getattr(layer, "multiscale", False) or len(layer.data) < 2:
         return None
-    return _FILLS.get(id(layer.data[1]))
+    return next((_FILLS[id(level)] for level in list(layer.data)[1:] if id(level) in _FILLS), None)
 
 
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
 
 
 def watch(viewer: Any) -> None:
-    """Refresh fills' layers once added to ``viewer``, and stop the fills when removed (once per viewer)."""
+    """Wire fills to ``viewer`` (once per viewer).
+
+    Layers added are refreshed by their fill; fills that wait for 3D start
+    when the viewer shows 3D (or is in 3D when added); removed layers stop
+    their fill.
+    """
     if viewer in _WATCHED:
         return
     _WATCHED.add(viewer)
@@ -169,12 +234,23 @@ def watch(viewer: Any) -> None:
         fill = fill_of(event.value)
         if fill is not None:
             fill.attach(event.value)
+            if viewer.dims.ndisplay == 3:
+                fill.start()
+
+    def to_3d(event: Any) -> None:
+        if event.value == 3:
+            for layer in viewer.layers:
+                fill = fill_of(layer)
+                if fill is not None and fill.start_in_3d:
+                    fill.start()
 
     def removed(event: Any) -> None:
         fill = fill_of(event.value)
         if fill is not None:
             fill.cancel()
-            _FILLS.pop(id(fill.levels[0]), None)
+            for key in [key for key, value in _FILLS.items() if value is fill]:
+                del _FILLS[key]
 
     viewer.layers.events.inserted.connect(inserted)
     viewer.layers.events.removed.connect(removed)
+    viewer.dims.events.ndisplay.connect(to_3d)

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ._pyramid import VolumeFill, wants_pyramid, watch
+from ._pyramid import FillingStack, LevelFill, register, wants_pyramid, watch
 from .codec.blosc_chunks import warm
 from .codec.export import source_sections
-from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels
+from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels, stack_3d_factor
 from .codec.lazy import LazyStack
+from .codec.pyramid import COARSEST_BYTES
 from .codec.source import ImageSource, open_image
 
 # Load the faster decompressor in the background while napari builds the layer.
@@ -140,21 +141,42 @@ def layer_data(source: ImageSource) -> list[LayerData]:
 def _frame_levels(source: ImageSource) -> list[Any] | None:
     """Coarse levels, binned on demand, for the huge frames of an image, movie or tilt series.
 
-    Not for volumes that get a pyramid binned in z too, and not for RGB or
-    complex data (no single mean).
+    In a napari window a stack too large to draw in 3D at once also gets a
+    coarsest level filled in the background, as a volume's (and cached). Not
+    for volumes with a pyramid binned in z too, nor for RGB or complex data
+    (no single mean).
     """
     frame_shape = source.shape[-2:]
     if (source.rgb or len(source.shape) not in (2, 3) or np.dtype(source.dtype).kind not in "biuf"
-            or not plan_frame_levels(frame_shape) or (len(source.shape) == 3 and wants_pyramid(source))):
+            or (len(source.shape) == 3 and wants_pyramid(source))):
+        return None
+    from napari import current_viewer
+
+    viewer = current_viewer() if len(source.shape) == 3 and source.slices <= 1 else None
+    in_3d = viewer is not None and int(np.prod(source.shape)) * 4 > COARSEST_BYTES
+    factors = plan_frame_levels(frame_shape)  # for 2D: none unless the frames are huge
+    if in_3d and stack_3d_factor(source.shape) > (factors[-1] if factors else 1):
+        factors.append(stack_3d_factor(source.shape))  # smaller than the canvas: 2D shows it only zoomed out
+    if not factors:
         return None
     if source.cache is not None:
-        frames = FrameLevels(source.cache.read_through, source.cache.n, frame_shape, keep=source.cache.get)
+        frames = FrameLevels(source.cache.read_through, source.cache.n, frame_shape, keep=source.cache.get,
+                             factors=factors)
     elif len(source.shape) == 3:
-        frames = FrameLevels(source.data.__getitem__, source.shape[0], frame_shape)
+        frames = FrameLevels(source.data.__getitem__, source.shape[0], frame_shape, factors=factors)
     else:
-        frames = FrameLevels(lambda i: source.data, 1, frame_shape)
-    stacks = frames.stacks()
-    return stacks if len(source.shape) == 3 else [LazyPlane(stack) for stack in stacks]
+        return [LazyPlane(stack) for stack in FrameLevels(lambda i: source.data, 1, frame_shape).stacks()]
+    stacks: list[Any] = frames.stacks()
+    if in_3d:
+        try:
+            fill = LevelFill(source, source_sections(source, n_threads=1).__getitem__, factor=factors[-1])
+        except OSError as exc:  # no room in the cache: 3D reads the coarsest level frame by frame
+            warnings.warn(f"{source.path}: opened without a coarse level filled for 3D ({exc})", stacklevel=3)
+        else:
+            stacks[-1] = FillingStack(stacks[-1], fill.levels[0], fill)
+            register(fill, stacks[-1])
+            watch(viewer)  # starts the fill when the viewer shows 3D
+    return stacks
 
 
 def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:
@@ -171,7 +193,7 @@ def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:
     # Read from the file, not through the viewer's frame cache; one decoder thread, so that the
     # viewer's own drawing keeps the other core.
     sections = source_sections(source, n_threads=1)
-    fill = VolumeFill(source, sections.__getitem__)
+    fill = LevelFill(source, sections.__getitem__)
     watch(viewer)
     fill.start()
     return [full, *fill.levels]

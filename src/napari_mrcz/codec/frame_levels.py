@@ -5,7 +5,9 @@ larger; a screen shows about 2000 x 1000. Frames with a side over
 ``HUGE_SIDE`` get levels binned 2, 4, 8... in y and x by block mean
 (:mod:`.binning`; the frame axis is never binned), down to a level whose
 sides are at most ``COARSEST_SIDE``. A viewer zoomed out draws a coarse level,
-a viewer zoomed in crops the full frame.
+a viewer zoomed in crops the full frame. A stack that may be shown in 3D
+gets one more level, what napari draws in 3D, as small as a volume's
+coarsest (:func:`stack_3d_factor`).
 
 Nothing is binned ahead: level ``k`` of frame ``i`` is binned from the full
 frame the first time it is asked for, then kept in a :class:`~.lazy.FrameCache`
@@ -31,6 +33,7 @@ import numpy as np
 
 from .binning import bin_frame, binned_size
 from .lazy import FrameBudget, FrameCache, LazyStack
+from .pyramid import COARSEST_BYTES
 
 #: Frames with a side longer than this get coarse levels (larger than a 4096 x 4096 camera frame).
 HUGE_SIDE = 4096
@@ -59,6 +62,26 @@ def plan_frame_levels(frame_shape: tuple[int, int]) -> list[int]:
     return factors
 
 
+def stack_3d_factor(shape: tuple[int, int, int], coarsest_bytes: int = COARSEST_BYTES) -> int:
+    """The binning factor in y and x of the level of a movie or tilt series napari draws in 3D.
+
+    The smallest power of two at which every frame fits ``coarsest_bytes`` as
+    float32, as a volume's coarsest level (the frame axis is not binned); 1
+    for stacks that fit already.
+
+    Examples
+    --------
+    >>> stack_3d_factor((41, 4096, 4096))   # a tilt series: 41 x 512 x 512 drawn in 3D
+    8
+    """
+    n, ny, nx = shape
+    factor = 1
+    while n * binned_size(ny, factor) * binned_size(nx, factor) * 4 > coarsest_bytes and \
+            min(binned_size(ny, factor), binned_size(nx, factor)) > 1:
+        factor *= 2
+    return factor
+
+
 class FrameLevels:
     """The coarse levels of every frame of a stack, each binned when first asked for.
 
@@ -80,12 +103,15 @@ class FrameLevels:
         for boxes of it as it pans; each bins only its region of the full
         frame, read through ``keep`` so that the next box finds it. Default:
         ``frame``.
+    factors
+        The levels' binning factors (default: :func:`plan_frame_levels`'s).
     """
 
     def __init__(self, frame: Callable[[int], np.ndarray], n: int, frame_shape: tuple[int, int],
-                 budget: FrameBudget | None = None, keep: Callable[[int], np.ndarray] | None = None) -> None:
+                 budget: FrameBudget | None = None, keep: Callable[[int], np.ndarray] | None = None,
+                 factors: list[int] | None = None) -> None:
         self.frame_shape = tuple(frame_shape)
-        self.factors = plan_frame_levels(self.frame_shape)
+        self.factors = plan_frame_levels(self.frame_shape) if factors is None else list(factors)
         self.shapes = [(binned_size(frame_shape[0], f), binned_size(frame_shape[1], f)) for f in self.factors]
         self.caches = [FrameCache(lambda i, f=f: bin_frame(frame(i), f), n, 4 * ny * nx, budget=budget)
                        for f, (ny, nx) in zip(self.factors, self.shapes, strict=True)]

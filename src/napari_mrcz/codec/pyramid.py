@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write
-from .binning import BlockSums, binned_size, frame_sums
+from .binning import BlockSums, bin_frame, binned_size, frame_sums
 
 #: The coarsest level is at most this many bytes (float32): small enough to draw in 3D at once.
 COARSEST_BYTES = 64 << 20
@@ -387,6 +387,19 @@ def fill_entry_steps(entry: CacheEntry, read_frame: Callable[[int], np.ndarray],
     """:func:`fill_entry` one frame at a time: yields how many frames are done."""
     with entry.rebuilding() as writers:
         yield from PyramidBuilder(read_frame, shape, writers).steps(on_plane)
+
+
+def fill_frames_steps(entry: CacheEntry, read_frame: Callable[[int], np.ndarray], n: int,
+                      factor: int) -> Iterator[int]:
+    """Fill ``entry``'s one level with the frames of a movie or tilt series binned ``factor``.
+
+    In y and x only, every frame kept; the entry is recorded complete at the
+    end. Yields how many frames are done.
+    """
+    with entry.rebuilding() as (writer,):
+        for i in range(n):
+            writer[i] = bin_frame(np.asarray(read_frame(i)), factor)
+            yield i + 1
 
 
 def read_binned(path: str | os.PathLike, factor: int, cache: PyramidCache | None = None) -> np.ndarray:
