@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -301,32 +302,42 @@ def main() -> None:
     write_2d(results, args.out)
 
 
+def table(results: dict, header: list[str], cells: Callable[[dict], list[str]]) -> str:
+    """A markdown table: one row per (size or file, reader) with ``cells(result)``; failed runs say why."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for size, row in results.items():
+        for how, r in row.items():
+            if "error" in r:
+                error = r["error"]
+                why = "OpenGL out of memory" if "out of mem" in error else error.splitlines()[-1][:80]
+                lines.append(f"| {size} | {how} | failed: {why} |" + " |" * (len(header) - 3))
+            else:
+                lines.append("| " + " | ".join([size, how, *cells(r)]) + " |")
+    return "\n".join(lines)
+
+
+def ms(v: float | None) -> str:
+    """A duration for a table: ms below 10 s."""
+    return "-" if v is None else (f"{v:.1f} s" if v >= 10 else f"{v * 1e3:.0f} ms")
+
+
 def write_2d(results: dict, out: Path) -> None:
     """The stepping table and plot into docs/benchmarks.md and docs/benchmarks/napari.*."""
-    lines = ["| stack | reader | first frame | stepping +1: longest gap / 95th pct | "
-             "jumping 7 frames: longest gap / 95th pct |", "|---|---|---|---|---|"]
-    for size, row in results.items():
-        for reader, r in row.items():
-            lines.append(f"| {size} | {reader} | {r['first_frame_s'] * 1e3:.0f} ms | "
-                         f"{r['step_max_gap_s'] * 1e3:.0f} / {r['step_p95_gap_s'] * 1e3:.0f} ms | "
-                         f"{r['jump_max_gap_s'] * 1e3:.0f} / {r['jump_p95_gap_s'] * 1e3:.0f} ms |")
-    publish(out, "napari", "napari", results, "\n".join(lines))
+    header = ["stack", "reader", "first frame", "stepping +1: longest gap / 95th pct",
+              "jumping 7 frames: longest gap / 95th pct"]
+    text = table(results, header, lambda r: [
+        ms(r["first_frame_s"]), f"{r['step_max_gap_s'] * 1e3:.0f} / {r['step_p95_gap_s'] * 1e3:.0f} ms",
+        f"{r['jump_max_gap_s'] * 1e3:.0f} / {r['jump_p95_gap_s'] * 1e3:.0f} ms"])
+    publish(out, "napari", "napari", results, text)
     plot(results, out / "napari.png")
 
 
 def write_huge(results: dict, out: Path) -> None:
     """The huge-frames table and plot into docs/benchmarks.md and docs/benchmarks/napari_huge.*."""
-    lines = ["| file | reader | first frame | stepping +1: longest gap | jumping: longest gap | peak RSS |",
-             "|---|---|---|---|---|---|"]
-    for name, row in results.items():
-        for reader, r in row.items():
-            if "error" in r:
-                lines.append(f"| {name} | {reader} | failed: {r['error'].splitlines()[-1][:80]} | | | |")
-                continue
-            lines.append(f"| {name} | {reader} | {r['first_frame_s'] * 1e3:.0f} ms | "
-                         f"{r['step_max_gap_s'] * 1e3:.0f} ms | {r['jump_max_gap_s'] * 1e3:.0f} ms | "
-                         f"{r['peak_rss_bytes'] / 1e9:.2f} GB |")
-    publish(out, "napari_huge", "napari-huge", results, "\n".join(lines))
+    header = ["file", "reader", "first frame", "stepping +1: longest gap", "jumping: longest gap", "peak RSS"]
+    text = table(results, header, lambda r: [ms(r["first_frame_s"]), ms(r["step_max_gap_s"]),
+                                             ms(r["jump_max_gap_s"]), f"{r['peak_rss_bytes'] / 1e9:.2f} GB"])
+    publish(out, "napari_huge", "napari-huge", results, text)
     bars(results, out / "napari_huge.png", [("first_frame_s", "time to first frame", 1, "s", None),
                                             ("jump_max_gap_s", "longest gap, jumping frames", 1, "s", None),
                                             ("peak_rss_bytes", "peak resident memory", 1e-9, "GB", None)])
@@ -334,22 +345,12 @@ def write_huge(results: dict, out: Path) -> None:
 
 def write_3d(results: dict, out: Path) -> None:
     """The 3D table and plot into docs/benchmarks.md and docs/benchmarks/napari_3d.*."""
-    def ms(v: float | None) -> str:
-        return "-" if v is None else (f"{v:.1f} s" if v >= 10 else f"{v * 1e3:.0f} ms")
-
-    lines = ["| tomogram | how | open | switch to 3D: first view | coarse level complete | "
-             "longest event-loop gap | peak RSS (before 3D) |", "|---|---|---|---|---|---|---|"]
-    for size, row in results.items():
-        for how, r in row.items():
-            if "error" in r:
-                error = r["error"]
-                why = "OpenGL out of memory" if "out of mem" in error else error.splitlines()[-1][:80]
-                lines.append(f"| {size} | {how} | failed: {why} | | | | |")
-                continue
-            lines.append(f"| {size} | {how} | {ms(r['open_s'])} | {ms(r['first_3d_s'])} | "
-                         f"{ms(r['complete_s'])} | {ms(r['max_gap_s'])} | {r['peak_rss_bytes'] / 1e9:.2f} GB "
-                         f"({r['rss_before_bytes'] / 1e9:.2f}) |")
-    publish(out, "napari_3d", "napari-3d", results, "\n".join(lines))
+    header = ["tomogram", "how", "open", "switch to 3D: first view", "coarse level complete",
+              "longest event-loop gap", "peak RSS (before 3D)"]
+    text = table(results, header, lambda r: [
+        ms(r["open_s"]), ms(r["first_3d_s"]), ms(r["complete_s"]), ms(r["max_gap_s"]),
+        f"{r['peak_rss_bytes'] / 1e9:.2f} GB ({r['rss_before_bytes'] / 1e9:.2f})"])
+    publish(out, "napari_3d", "napari-3d", results, text)
     plot_3d(results, out / "napari_3d.png")
 
 

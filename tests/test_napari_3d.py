@@ -271,11 +271,18 @@ def test_quitting_napari_while_a_level_fills_exits_cleanly(big_volume, tmp_path)
         assert "RuntimeError" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_a_large_movie_in_3d_shows_a_coarse_level_filled_behind(viewer, qtbot, tmp_path, rng):
-    """A stack: binned in y and x only, every frame kept; 2D asks for one frame, binned at once."""
-    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)  # 201 MB as float32
+@pytest.fixture
+def movie_file(tmp_path, rng):
+    """A 48 x 1024 x 1024 int8 movie as MRCZ (201 MB as float32: a level for 3D), and its frames."""
+    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)
     path = tmp_path / "movie.mrcz"
     codec.writeMRC(list(movie), path, compressor="zstd", pixelsize=[1.0, 1.0, 1.0])
+    return path, movie
+
+
+def test_a_large_movie_in_3d_shows_a_coarse_level_filled_behind(viewer, qtbot, movie_file):
+    """A stack: binned in y and x only, every frame kept; 2D asks for one frame, binned at once."""
+    path, movie = movie_file
     expected = movie.reshape(48, 512, 2, 512, 2).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
     (layer,) = viewer.open(str(path), plugin=PLUGIN)
     fill = fill_of(layer)
@@ -304,10 +311,8 @@ def test_a_large_movie_in_3d_shows_a_coarse_level_filled_behind(viewer, qtbot, t
     np.testing.assert_array_equal(np.asarray(again.data[1]), expected)
 
 
-def test_a_movie_never_shown_in_3d_leaves_nothing_in_the_cache(viewer, qtbot, tmp_path, rng):
-    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)
-    path = tmp_path / "movie.mrcz"
-    codec.writeMRC(list(movie), path, compressor="zstd", pixelsize=[1.0, 1.0, 1.0])
+def test_a_movie_never_shown_in_3d_leaves_nothing_in_the_cache(viewer, qtbot, movie_file):
+    path, movie = movie_file
     (layer,) = viewer.open(str(path), plugin=PLUGIN)
     fill = fill_of(layer)
     viewer.dims.set_point(0, 30)
@@ -316,10 +321,8 @@ def test_a_movie_never_shown_in_3d_leaves_nothing_in_the_cache(viewer, qtbot, tm
     assert fill.worker is None and not fill.entry.folder.exists()
 
 
-def test_a_movie_switched_to_3d_at_once_draws_what_is_binned_and_fills_the_rest(viewer, qtbot, tmp_path, rng):
-    movie = rng.poisson(1.0, size=(48, 1024, 1024)).astype(np.int8)
-    path = tmp_path / "movie.mrcz"
-    codec.writeMRC(list(movie), path, compressor="zstd", pixelsize=[1.0, 1.0, 1.0])
+def test_a_movie_switched_to_3d_at_once_draws_what_is_binned_and_fills_the_rest(viewer, qtbot, movie_file):
+    path, movie = movie_file
     (layer,) = viewer.open(str(path), plugin=PLUGIN)
     fill = fill_of(layer)
     viewer.dims.ndisplay = 3  # before the fill has binned anything
