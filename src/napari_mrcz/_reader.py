@@ -159,13 +159,15 @@ def _frame_levels(source: ImageSource) -> list[Any] | None:
         factors.append(stack_3d_factor(source.shape))  # smaller than the canvas: 2D shows it only zoomed out
     if not factors:
         return None
-    if source.cache is not None:
+    if source.cache is not None:  # decoded frames: binned from the viewer's if it has them
         frames = FrameLevels(source.cache.read_through, source.cache.n, frame_shape, keep=source.cache.get,
                              factors=factors)
-    elif len(source.shape) == 3:
-        frames = FrameLevels(source.data.__getitem__, source.shape[0], frame_shape, factors=factors)
-    else:
-        return [LazyPlane(stack) for stack in FrameLevels(lambda i: source.data, 1, frame_shape).stacks()]
+    else:  # mapped frames: whole ones read from the file (the map's pages would stay resident), boxes mapped
+        sections = source_sections(source)
+        keep = source.data.__getitem__ if len(source.shape) == 3 else (lambda i: source.data)
+        frames = FrameLevels(sections.__getitem__, len(sections), frame_shape, keep=keep, factors=factors)
+        if len(source.shape) == 2:
+            return [LazyPlane(stack) for stack in frames.stacks()]
     stacks: list[Any] = frames.stacks()
     if in_3d:
         try:
