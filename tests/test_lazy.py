@@ -32,7 +32,7 @@ def counting(data: np.ndarray):
 def stack(rng):
     data = make_stack(rng, "float32", shape=(10, 6, 7))
     read, calls = counting(data)
-    cache = FrameCache(read, 10, data[0].nbytes, prefetch=2)
+    cache = FrameCache(read, 10, prefetch=2)
     yield data, LazyStack(cache, data.shape[1:], data.dtype), calls
     cache.close()
 
@@ -89,7 +89,7 @@ def test_the_cache_is_bounded(rng):
     data = make_stack(rng, "uint16", shape=(40, 4, 4))
     read, calls = counting(data)
     budget = FrameBudget(limit_bytes=4 * data[0].nbytes)
-    cache = FrameCache(read, 40, data[0].nbytes, prefetch=0, budget=budget)
+    cache = FrameCache(read, 40, prefetch=0, budget=budget)
     lazy = LazyStack(cache, data.shape[1:], data.dtype)
     for i in range(10):
         lazy[i]
@@ -103,8 +103,8 @@ def test_all_open_files_share_one_budget(rng):
     a, b = make_stack(rng, "float32", shape=(20, 8, 8)), make_stack(rng, "float32", shape=(20, 8, 8))
     budget = FrameBudget(limit_bytes=6 * a[0].nbytes)
     (read_a, calls_a), (read_b, _) = counting(a), counting(b)
-    first = FrameCache(read_a, 20, a[0].nbytes, prefetch=0, budget=budget)
-    second = FrameCache(read_b, 20, b[0].nbytes, prefetch=0, budget=budget)
+    first = FrameCache(read_a, 20, prefetch=0, budget=budget)
+    second = FrameCache(read_b, 20, prefetch=0, budget=budget)
     for i in range(5):
         first.get(i)
     for i in range(4):
@@ -125,7 +125,7 @@ def test_all_open_files_share_one_budget(rng):
 def test_channels_and_transforms_share_one_cache(rng):
     data = (make_stack(rng, "float32", shape=(6, 5, 5)) + 1j).astype(np.complex64)
     read, _ = counting(data)
-    cache = FrameCache(read, 6, data[0].nbytes, prefetch=0)
+    cache = FrameCache(read, 6, prefetch=0)
     second = LazyStack(cache, (5, 5), np.float32, index=lambda i: 2 * i + 1, n=3, transform=np.abs)
     np.testing.assert_allclose(np.asarray(second), np.abs(data[1::2]))
 

@@ -113,8 +113,8 @@ class FrameLevels:
         self.frame_shape = tuple(frame_shape)
         self.factors = plan_frame_levels(self.frame_shape) if factors is None else list(factors)
         self.shapes = [(binned_size(frame_shape[0], f), binned_size(frame_shape[1], f)) for f in self.factors]
-        self.caches = [FrameCache(lambda i, f=f: bin_frame(frame(i), f), n, 4 * ny * nx, budget=budget)
-                       for f, (ny, nx) in zip(self.factors, self.shapes, strict=True)]
+        self.caches = [FrameCache(lambda i, f=f: bin_frame(frame(i), f), n, budget=budget)
+                       for f in self.factors]
         self._keep = keep or frame
 
     def _region(self, k: int, i: int, box: tuple[slice, ...]) -> np.ndarray:

@@ -104,8 +104,6 @@ class FrameCache:
         ``read(i) -> ndarray``: decodes frame ``i`` (must be thread-safe).
     n
         Number of frames.
-    frame_nbytes
-        Bytes of one decoded frame (sets how many frames the cache keeps).
     prefetch
         How many frames ahead, in the direction of travel, to decode in the background.
     budget
@@ -113,10 +111,9 @@ class FrameCache:
         all open files share, :data:`SHARED_BUDGET`).
     """
 
-    def __init__(self, read: Callable[[int], np.ndarray], n: int, frame_nbytes: int,
-                 prefetch: int = 2, budget: FrameBudget | None = None) -> None:
+    def __init__(self, read: Callable[[int], np.ndarray], n: int, prefetch: int = 2,
+                 budget: FrameBudget | None = None) -> None:
         self._read, self.n, self.prefetch = read, n, prefetch
-        self.frame_nbytes = frame_nbytes
         self.budget = budget if budget is not None else SHARED_BUDGET
         self.token = next(_tokens)
         weakref.finalize(self, self.budget.forget, self.token)  # a layer dropped unclosed frees its share

@@ -151,8 +151,7 @@ def _open_mrc(path: str) -> ImageSource:
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
     # One decoder thread per frame: the viewer's own drawing needs the other core.
-    cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0],
-                       nz, ny * nx * h.dtype.itemsize)
+    cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0], nz)
     return ImageSource(cache=cache, **spatial, **common)
 
 
