@@ -55,8 +55,6 @@ class LevelFill:
     def __init__(self, source: ImageSource, read_frame: Any, cache: PyramidCache | None = None,
                  factor: int | None = None) -> None:
         self.source, self.read_frame, self.factor = source, read_frame, factor
-        #: Start when its viewer first shows 3D (a movie is mostly viewed in 2D), not when opened.
-        self.start_in_3d = factor is not None
         self.cache = cache if cache is not None else PyramidCache()
         n, ny, nx = source.shape
         shapes = plan_levels(source.shape) if factor is None else \
@@ -78,7 +76,6 @@ class LevelFill:
         self._layer: weakref.ref | None = None
         self._last_refresh = 0.0
         self._interval = REFRESH_S
-        _FILLS[id(self.levels[0])] = self
 
     # -- the background pass ------------------------------------------------
     def _frames(self) -> Any:
@@ -238,10 +235,10 @@ def watch(viewer: Any) -> None:
                 fill.start()
 
     def to_3d(event: Any) -> None:
-        if event.value == 3:
+        if event.value == 3:  # a movie's fill waits for this; a volume's runs already
             for layer in viewer.layers:
                 fill = fill_of(layer)
-                if fill is not None and fill.start_in_3d:
+                if fill is not None:
                     fill.start()
 
     def removed(event: Any) -> None:

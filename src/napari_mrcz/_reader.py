@@ -121,34 +121,47 @@ def layer_data(source: ImageSource) -> list[LayerData]:
                     view = fn(arr).astype(real)
                 complex_variants.append((f"{label} ({part})", view, fn))
         variants = complex_variants
-    levels = _frame_levels(source) if len(variants) == 1 and variants[0][2] is None else None
-    if levels is not None:  # huge frames: zooming out draws a coarse level
-        return [([data, *levels], {**base, "name": name, "multiscale": True,
-                                   "contrast_limits": _contrast(source, None)}, "image")]
-    if len(variants) == 1 and variants[0][2] is None and wants_pyramid(source):
-        try:
-            levels = _multiscale(source, data)
-        except OSError as exc:  # no room for the levels (a read-only or full cache folder)
-            warnings.warn(f"{source.path}: opened without coarse levels for 3D ({exc})", stacklevel=2)
-            levels = None
-        if levels is not None:
-            return [(levels, {**base, "name": name, "multiscale": True,
-                              "contrast_limits": _contrast(source, None)}, "image")]
+    levels = _levels(source, data) if len(variants) == 1 and variants[0][2] is None else None
+    if levels is not None:  # large: coarse levels for zooming out and for 3D
+        return [(levels, {**base, "name": name, "multiscale": True,
+                          "contrast_limits": _contrast(source, None)}, "image")]
     return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
             for label, arr, fn in variants]
+
+
+def _levels(source: ImageSource, full: Any) -> list[Any] | None:
+    """All levels of a layer that gets coarse ones (a volume's pyramid, or its frames'), else ``None``."""
+    if wants_pyramid(source):
+        return _volume_levels(source, full)
+    coarse = _frame_levels(source)
+    return None if coarse is None else [full, *coarse]
+
+
+def _fill(source: ImageSource, viewer: Any, factor: int | None = None) -> LevelFill | None:
+    """A background pass to fill coarse levels (see :class:`LevelFill`), wired to ``viewer``.
+
+    It reads the file, not the viewer's frame cache, with one decoder thread,
+    so that the viewer's own drawing keeps the other core. ``None``, with a
+    warning, where the cache has no room (a read-only or full cache folder).
+    """
+    try:
+        fill = LevelFill(source, source_sections(source, n_threads=1).__getitem__, factor=factor)
+    except OSError as exc:
+        warnings.warn(f"{source.path}: opened without coarse levels for 3D ({exc})", stacklevel=4)
+        return None
+    watch(viewer)
+    return fill
 
 
 def _frame_levels(source: ImageSource) -> list[Any] | None:
     """Coarse levels, binned on demand, for the huge frames of an image, movie or tilt series.
 
     In a napari window a stack too large to draw in 3D at once also gets a
-    coarsest level filled in the background, as a volume's (and cached). Not
-    for volumes with a pyramid binned in z too, nor for RGB or complex data
-    (no single mean).
+    coarsest level filled in the background (and cached), started when the
+    viewer shows 3D. Not for RGB or complex data (no single mean).
     """
     frame_shape = source.shape[-2:]
-    if (source.rgb or len(source.shape) not in (2, 3) or np.dtype(source.dtype).kind not in "biuf"
-            or (len(source.shape) == 3 and wants_pyramid(source))):
+    if source.rgb or len(source.shape) not in (2, 3) or np.dtype(source.dtype).kind not in "biuf":
         return None
     from napari import current_viewer
 
@@ -169,19 +182,13 @@ def _frame_levels(source: ImageSource) -> list[Any] | None:
         if len(source.shape) == 2:
             return [LazyPlane(stack) for stack in frames.stacks()]
     stacks: list[Any] = frames.stacks()
-    if in_3d:
-        try:
-            fill = LevelFill(source, source_sections(source, n_threads=1).__getitem__, factor=factors[-1])
-        except OSError as exc:  # no room in the cache: 3D reads the coarsest level frame by frame
-            warnings.warn(f"{source.path}: opened without a coarse level filled for 3D ({exc})", stacklevel=3)
-        else:
-            stacks[-1] = FillingStack(stacks[-1], fill.levels[0], fill)
-            register(fill, stacks[-1])
-            watch(viewer)  # starts the fill when the viewer shows 3D
+    if in_3d and (fill := _fill(source, viewer, factor=factors[-1])) is not None:
+        stacks[-1] = FillingStack(stacks[-1], fill.levels[0], fill)  # without: 3D bins frame by frame
+        register(fill, stacks[-1])
     return stacks
 
 
-def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:
+def _volume_levels(source: ImageSource, full: Any) -> list[Any] | None:
     """A large volume's levels: the lazy full-size one, then the binned ones, filling from now on.
 
     ``None`` outside a napari window (a script reading through npe2): nothing
@@ -190,12 +197,9 @@ def _multiscale(source: ImageSource, full: Any) -> list[Any] | None:
     from napari import current_viewer
 
     viewer = current_viewer()
-    if viewer is None:
+    fill = _fill(source, viewer) if viewer is not None else None
+    if fill is None:
         return None
-    # Read from the file, not through the viewer's frame cache; one decoder thread, so that the
-    # viewer's own drawing keeps the other core.
-    sections = source_sections(source, n_threads=1)
-    fill = LevelFill(source, sections.__getitem__)
-    watch(viewer)
+    register(fill, fill.levels[0])
     fill.start()
     return [full, *fill.levels]
