@@ -75,6 +75,27 @@ def warm_up(folder: Path, has_mrcfile_reader: bool) -> None:
         measure(small.with_suffix(".mrc"), "napari-mrcfile-reader", steps=2)
 
 
+def open_timed(viewer, path: Path, how: str) -> tuple:
+    """Open ``path`` with plugin ``how`` (or "in memory": read first, untimed, then added) and draw it.
+
+    Returns the layer and the seconds from opening to the event-loop turn that draws it.
+    """
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.perf_counter()
+    if how == "in memory":
+        from napari_mrcz import codec
+
+        with codec.MRCStack(path) as stack:
+            data = stack.read()
+        t0 = time.perf_counter()  # reading the file is not napari's part
+        layer = viewer.add_image(data[0] if len(data) == 1 else data, name="in memory")
+    else:
+        layer = viewer.open(str(path), plugin=how)[0]
+    QApplication.instance().processEvents()
+    return layer, time.perf_counter() - t0
+
+
 def measure(path: Path, plugin: str, steps: int = 30) -> dict:
     import napari
     import psutil
@@ -84,19 +105,8 @@ def measure(path: Path, plugin: str, steps: int = 30) -> dict:
     me = psutil.Process()
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
-    t0 = time.perf_counter()
-    if plugin == "in memory":
-        from napari_mrcz import codec
-
-        with codec.MRCStack(path) as stack:
-            data = stack.read()
-        t0 = time.perf_counter()  # reading the file is not napari's part
-        layers = [viewer.add_image(data[0] if len(data) == 1 else data, name="in memory")]
-    else:
-        layers = viewer.open(str(path), plugin=plugin)
-    app.processEvents()
-    first = time.perf_counter() - t0
-    n = layers[0].data.shape[0] if layers[0].ndim == 3 else 1
+    layer, first = open_timed(viewer, path, plugin)
+    n = layer.data.shape[0] if layer.ndim == 3 else 1
     out = {"first_frame_s": first}
     peak = [me.memory_info().rss]
     for name, frames in (("jump", [(k * 7) % n for k in range(1, steps + 1)]),
@@ -177,18 +187,7 @@ def measure_3d(path: Path, how: str, timeout_s: float = 600.0) -> dict:
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1200, 900)
     app = QApplication.instance()
-    t_open = time.perf_counter()
-    if how == "in memory":
-        from napari_mrcz import codec
-
-        with codec.MRCStack(path) as stack:
-            data = stack.read()
-        t_open = time.perf_counter()  # reading the file is not napari's part
-        layer = viewer.add_image(data, name="in memory")
-    else:
-        (layer,) = viewer.open(str(path), plugin=how)
-    app.processEvents()
-    opened = time.perf_counter() - t_open
+    layer, opened = open_timed(viewer, path, how)
     rss0 = me.memory_info().rss
     ticks: list[float] = []
     peak = [rss0]
