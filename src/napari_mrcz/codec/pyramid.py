@@ -224,7 +224,6 @@ class CacheEntry:
         """Writers of the levels' planes (close them when done)."""
         return [PlaneFile(self.level_path(k + 1), shape) for k, shape in enumerate(self.shapes)]
 
-
     def verified(self) -> bool:
         """Whether every level's CRC-32 is the manifest's (reads every level once)."""
         try:
@@ -407,7 +406,7 @@ def read_binned(path: str | os.PathLike, factor: int, cache: PyramidCache | None
 
     Levels come from the cache where they are, and are built (reading the file
     once) and cached where not; a factor beyond the pyramid's coarsest level is
-    binned from it.
+    binned from the file in one more pass.
     """
     from .binning import bin_stack
     from .stack import MRCStack
