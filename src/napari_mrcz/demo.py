@@ -110,7 +110,6 @@ def _settle(seconds: float) -> None:
 def show(path: Path, screenshot: Path | None) -> None:
     """Open ``path`` in napari with the dock widget; render to ``screenshot`` if given."""
     import napari
-    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-mrcz demo")
     t0 = time.perf_counter()
@@ -122,9 +121,7 @@ def show(path: Path, screenshot: Path | None) -> None:
         napari.run()
         return
     viewer.window._qt_window.resize(1500, 950)
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
+    _settle(0.4)
     viewer.screenshot(str(screenshot), canvas_only=False)
     viewer.close()
     print(f"Screenshot of the napari window: {screenshot.resolve()}")
