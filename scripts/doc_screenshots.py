@@ -1,5 +1,7 @@
 """Render the screenshots in docs/img: the demo, the dock widget, the header inspector, a tomogram in 3D.
 
+The demo's window is drawn from the demo's own movie (``napari_mrcz.demo``:
+24 x 2048 x 2048), and the tomogram as the demo shows it in 3D, only larger.
 Run under a display or Xvfb with the test extras installed (mrcfile writes the
 FEI2 tilt series the inspector shows)::
 
@@ -19,7 +21,7 @@ from mrcfile.dtypes import get_ext_header_dtype
 from qtpy.QtWidgets import QApplication
 
 from napari_mrcz import samples
-from napari_mrcz.demo import show_tomogram_3d, write_tomogram
+from napari_mrcz.demo import MOVIE_FRAMES, MOVIE_SIZE, show_tomogram_3d, write_tomogram
 
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
@@ -57,20 +59,20 @@ def settle(seconds: float = 0.5) -> None:
 
 
 def main() -> None:
-    """Write docs/img/demo.png, widget.png and inspector.png."""
-    from napari_mrcz._sample import sample_movie_path
-
+    """Write docs/img/demo.png, widget.png, inspector.png and tomogram-3d.png."""
     IMG.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(title="napari-mrcz")
-    viewer.window._qt_window.resize(1500, 950)
-    viewer.open(str(sample_movie_path()), plugin="napari-mrcz")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mrcz", "MRCZ metadata")
-    viewer.dims.set_point(0, 12)
-    settle()
-    viewer.screenshot(str(IMG / "demo.png"), canvas_only=False)
-    widget.native.grab().save(str(IMG / "widget.png"))
-    viewer.close()
     with tempfile.TemporaryDirectory() as tmp:
+        movie = Path(tmp) / "sample_movie.mrcz"  # the demo's movie, as demo.codec_tour writes it
+        samples.write_sample_movie(movie, nframes=MOVIE_FRAMES, size=MOVIE_SIZE)
+        viewer = napari.Viewer(title="napari-mrcz")  # as demo.show opens it
+        viewer.window._qt_window.resize(1500, 950)
+        viewer.open(str(movie), plugin="napari-mrcz")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-mrcz", "MRCZ metadata")
+        viewer.dims.set_point(0, 12)
+        settle()
+        viewer.screenshot(str(IMG / "demo.png"), canvas_only=False)
+        widget.native.grab().save(str(IMG / "widget.png"))
+        viewer.close()
         path = Path(tmp) / "tilt_series.mrcs"
         tilt_series(path)
         viewer = napari.Viewer(title="napari-mrcz: header inspector")

@@ -57,6 +57,8 @@ EXTREMES = [0, 1, -1, 2, 3, 4, 7, 16, 101, 255, 256, 1000, 1001, 2002, 3002, 600
             1 << 20, 1 << 24, 1 << 28, (1 << 30) + 1, (1 << 31) - 1, -(1 << 31), (1 << 31) - 16]
 #: Header fields of interest (byte offsets of int32s): dimensions, mode, starts, sampling, axes,
 #: space group, extended header size, MRCZ fields, IMOD stamp and flags, labels.
+#: What reads a case in the children: every way a user would.
+READER = "tests.fuzzer:run_case"
 MRC_FIELDS = [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 64, 68, 72, 88, 92, 104, 128, 132, 136, 140, 144, 148,
               152, 156, 212, 220, 1024, 1028]
 
@@ -229,27 +231,50 @@ def run_case(path: str) -> None:
             np.asarray(data).sum()
 
 
-def child(memory: int, alloc: int) -> None:
-    """Serve cases from stdin: ``{"path": ...}`` in, one JSON result line out."""
+def child(memory: int, alloc: int, warm: list[str], reader: str = READER) -> None:
+    """Serve cases from stdin: ``{"path": ...}`` in, one JSON result line out.
+
+    Before the first case it reads the ``warm`` files (intact seeds) the way
+    cases are read, so that everything a read imports (napari, pint, dask,
+    the decompressors) is loaded, then says ``{"ready": true}``: a case's
+    time is the read's own, never the ~1 300 modules a first napari read
+    imports. ``reader`` (``module:function``) reads a case. The objects that
+    warm-up left are frozen out of the collector's reach (``gc.freeze``), so
+    the collection after each case costs what the case left, not what napari
+    holds.
+    """
     import gc
+    import importlib
     import tracemalloc
     import warnings
 
     import napari_mrcz._reader  # noqa: F401 - imported before the cap, as a real session has it
     from napari_mrcz.codec import blosc_chunks
 
+    module, name = reader.split(":")
+    read = getattr(importlib.import_module(module), name)
     blosc_chunks.warm()
     warnings.simplefilter("ignore")
+    for path in warm:
+        try:
+            read(path)
+        except Exception:  # noqa: BLE001 - a broken seed warms up as well as a good one
+            pass
+    gc.collect()
+    gc.freeze()
     if resource is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     tracemalloc.start()
+    print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         path = json.loads(line)["path"]
         size = os.path.getsize(path)
         tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
         result: dict = {"ok": True}
+        t0 = time.perf_counter()
         try:
-            run_case(path)
+            read(path)
         except MemoryError as exc:  # after which this process is not to be trusted: a new one follows
             print(json.dumps({"ok": False, "why": f"MemoryError: {exc}"}), flush=True)
             return
@@ -259,10 +284,11 @@ def child(memory: int, alloc: int) -> None:
                 result = {"ok": False, "why": f"{type(exc).__name__} does not name the file: {exc}"}
         except Exception as exc:  # noqa: BLE001 - every other exception is what we look for
             result = {"ok": False, "why": f"{type(exc).__name__}: {exc}"}
+        result["seconds"] = time.perf_counter() - t0
         gc.collect()
-        peak = tracemalloc.get_traced_memory()[1]
-        if result["ok"] and peak > alloc + 64 * size:
-            result = {"ok": False, "why": f"allocated {peak} bytes at once for a {size}-byte file"}
+        grown = tracemalloc.get_traced_memory()[1] - before
+        if result["ok"] and grown > alloc + 64 * size:
+            result = {"ok": False, "why": f"allocated {grown} bytes at once for a {size}-byte file"}
         print(json.dumps(result), flush=True)
 
 
@@ -281,22 +307,23 @@ class Defect:
 
 
 class Worker:
-    """One child process, restarted after a crash or a hang."""
+    """One child process, warmed up before its first case, restarted after a crash or a hang."""
 
-    def __init__(self, memory: int, alloc: int) -> None:
+    def __init__(self, memory: int, alloc: int, warm: list[str], reader: str) -> None:
         self.args = [sys.executable, "-m", "tests.fuzzer", "--child", "--memory", str(memory),
-                     "--alloc", str(alloc)]
+                     "--alloc", str(alloc), "--reader", reader, "--warm", *warm]
         self.proc: subprocess.Popen | None = None
+        self.ready = False
         self.case: tuple | None = None
         self.started = 0.0
 
-    def ensure(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    def start(self) -> None:
+        """A new child; it takes cases once it has said it is ready."""
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.ready, self.case, self.started = False, None, time.monotonic()
 
     def send(self, case: tuple) -> None:
-        self.ensure()
         self.case, self.started = case, time.monotonic()
         self.proc.stdin.write(json.dumps({"path": str(case[0])}) + "\n")
         self.proc.stdin.flush()
@@ -314,87 +341,149 @@ class Worker:
             self.proc = None
 
 
+def warm_files(seeds: list[Seed]) -> list[str]:
+    """One intact seed of each kind of file (by suffix), for the children to read before any case."""
+    kinds: dict[str, str] = {}
+    for seed in seeds:
+        kinds.setdefault("".join(seed.path.suffixes[-2:]).lower(), str(seed.path))
+    return list(kinds.values())
+
+
 def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memory: int = 3 << 30,
          alloc: int = 256 << 20, keep: Path | None = None, data: Path = DATA,
-         progress: bool = False) -> tuple[int, list[Defect]]:
+         progress: bool = False, startup: float = 600.0, reader: str = READER) -> tuple[int, list[Defect]]:
     """Run ``cases`` cases of run ``seed``; returns the number run and the defects.
 
-    Each defect's input is copied into ``keep`` (default: a folder named
-    ``fuzz-defects`` in the current directory, made only when needed).
+    ``timeout`` is what one case may take in a warmed-up child. A case that
+    takes longer is run again at the end, alone, in a fresh warmed-up child,
+    and is a hang only if it takes longer there too: a machine busy with
+    other work slows a case down, it does not make one hang. ``startup``
+    bounds a child's start and warm-up. ``reader`` (``module:function``)
+    reads a case in the children (default: every way a user would). Each defect's input is copied into
+    ``keep`` (default: a folder named ``fuzz-defects`` in the current
+    directory, made only when needed).
     """
     seeds = load_seeds(data)
     if not seeds:
         raise FileNotFoundError(f"no seed files under {data}")
     work = Path(tempfile.mkdtemp(prefix="mrcz-fuzz-"))
     seeds += load_seeds(write_extended_seeds(work / "seeds"))
+    warm = warm_files(seeds)
     keep = Path(keep or "fuzz-defects")
     defects: list[Defect] = []
-    pool = [Worker(memory, alloc) for _ in range(max(1, workers))]
+    suspects: list[tuple] = []  # cases that took longer than ``timeout``: run again, alone
     selector = selectors.DefaultSelector()
     next_case, done, t0 = 0, 0, time.monotonic()
 
-    def record(worker: Worker, why: str) -> None:
-        path, source, mutations, i = worker.case
+    def record(case: tuple, why: str) -> None:
+        path, source, mutations, i = case
         keep.mkdir(parents=True, exist_ok=True)
         kept = keep / path.name
         shutil.copyfile(path, kept)
         defects.append(Defect(i, source.path.name, mutations, why, str(kept)))
 
-    def start(worker: Worker) -> None:
-        nonlocal next_case
-        path, source, mutations = case_file(seeds, seed, next_case, work)
+    def launch(worker: Worker) -> None:
+        worker.start()
+        selector.register(worker.proc.stdout, selectors.EVENT_READ, worker)
+
+    def retire(worker: Worker) -> None:
         if worker.proc is not None:
             selector.unregister(worker.proc.stdout)
-        worker.send((path, source, mutations, next_case))
-        selector.register(worker.proc.stdout, selectors.EVENT_READ, worker)
-        next_case += 1
+            worker.kill()
 
-    def finish(worker: Worker) -> None:
+    def give(worker: Worker) -> None:
+        nonlocal next_case
+        if next_case < cases:
+            path, source, mutations = case_file(seeds, seed, next_case, work)
+            worker.send((path, source, mutations, next_case))
+            next_case += 1
+
+    def finish(worker: Worker, result: dict | None, again: bool = False) -> None:
+        """Judge the worker's case by the child's answer (``None``: the child died under it).
+
+        ``again``: a suspected hang run again, counted already.
+        """
         nonlocal done
-        worker.case[0].unlink(missing_ok=True)
-        worker.case = None
-        done += 1
+        case, worker.case = worker.case, None
+        if result is None:
+            code = worker.proc.wait()
+            record(case, f"crash ({signal.Signals(-code).name if code < 0 else f'exit {code}'})")
+        elif not result["ok"]:
+            record(case, result["why"])
+        case[0].unlink(missing_ok=True)
+        done += 0 if again else 1
         if progress and done % 1000 == 0:
             print(f"{done} cases, {len(defects)} defects, {done / (time.monotonic() - t0):.0f}/s",
                   flush=True)
 
-    try:
-        for worker in pool:
+    def serve(worker: Worker) -> None:
+        """Read the worker's next line: ready, or its case's result; restart it where it ended."""
+        line = worker.proc.stdout.readline()
+        if not worker.ready:
+            if not line:
+                raise RuntimeError(f"a fuzzing child ended before it was ready: {' '.join(worker.args)}")
+            worker.ready = json.loads(line).get("ready", False)
+            give(worker)
+            return
+        result = json.loads(line) if line else None
+        finish(worker, result)
+        if result is None or "MemoryError" in result.get("why", ""):  # the child has ended
+            retire(worker)
             if next_case < cases:
-                start(worker)
+                launch(worker)
+        else:
+            give(worker)
+
+    def watch(pool: list[Worker]) -> None:
+        """Set aside the cases that overran ``timeout``; fail a child that never got ready."""
+        nonlocal done
+        now = time.monotonic()
+        for worker in pool:
+            if worker.proc is None:
+                continue
+            if not worker.ready and now - worker.started > startup:
+                raise RuntimeError(f"a fuzzing child was not ready after {startup:.0f} s")
+            if worker.case is not None and now - worker.started > timeout:
+                suspects.append(worker.case)
+                worker.case = None
+                done += 1
+                retire(worker)
+                if next_case < cases:
+                    launch(worker)
+
+    pool = [Worker(memory, alloc, warm, reader) for _ in range(max(1, workers))]
+    try:
+        for worker in pool[:cases]:
+            launch(worker)
         while done < cases:
             for key, _ in selector.select(timeout=0.5):
-                worker = key.data
-                line = worker.proc.stdout.readline()
-                if line and not json.loads(line)["ok"] and "MemoryError" in line:
-                    worker.proc.wait()  # the child ends itself after a MemoryError
-                if not line:  # the child died: a crash in C, or the kernel's OOM killer
-                    code = worker.proc.wait()
-                    name = signal.Signals(-code).name if code < 0 else f"exit {code}"
-                    record(worker, f"crash ({name})")
-                    selector.unregister(worker.proc.stdout)
-                    worker.proc = None
-                else:
-                    result = json.loads(line)
-                    if not result["ok"]:
-                        record(worker, result["why"])
-                finish(worker)
-                if next_case < cases:
-                    start(worker)
-            now = time.monotonic()
-            for worker in pool:
-                if worker.case is not None and now - worker.started > timeout:
-                    record(worker, f"hang (more than {timeout:.0f} s)")
-                    selector.unregister(worker.proc.stdout)
-                    worker.kill()
-                    finish(worker)
-                    if next_case < cases:
-                        start(worker)
-    finally:
+                serve(key.data)
+            watch(pool)
         for worker in pool:
             if worker.proc is not None:
                 selector.unregister(worker.proc.stdout)
-            worker.close() if worker.case is None else worker.kill()
+                worker.close()
+        for case in suspects:  # again, alone: the only child running
+            alone = Worker(memory, alloc, warm, reader)
+            pool = [alone]
+            launch(alone)
+            while alone.proc is not None and not alone.ready:
+                for key, _ in selector.select(timeout=0.5):
+                    serve(key.data)
+                watch(pool)
+            alone.send(case)
+            while alone.case is not None:
+                if selector.select(timeout=0.5):
+                    line = alone.proc.stdout.readline()
+                    finish(alone, json.loads(line) if line else None, again=True)
+                elif time.monotonic() - alone.started > timeout:
+                    record(case, f"hang (more than {timeout:.0f} s among {workers} workers, and again alone)")
+                    case[0].unlink(missing_ok=True)
+                    alone.case = None
+            retire(alone)
+    finally:
+        for worker in pool:
+            retire(worker)
         shutil.rmtree(work, ignore_errors=True)
     return done, defects
 
@@ -410,9 +499,11 @@ def main() -> None:
                     help="peak allocation allowed beyond 64 x the file's size (bytes)")
     ap.add_argument("--keep", type=Path, default=Path("fuzz-defects"), help="where defects' inputs go")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--warm", nargs="*", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--reader", default=READER, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.memory, args.alloc)
+        child(args.memory, args.alloc, args.warm, args.reader)
         return
     seed = random.SystemRandom().randrange(1 << 31) if args.seed == "random" else int(args.seed)
     print(f"fuzzing: {args.cases} cases, seed {seed}, {args.workers} workers, seeds from {DATA}", flush=True)

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+
+from napari_mrcz import codec
 
 from .conftest import data_path
 from .fuzzer import fuzz
 
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fuzzer watches its children through "
+                                "selectors on pipes, which Windows' select() cannot wait on")
 
-@pytest.mark.skipif(os.name == "nt", reason="the fuzzer watches its children through selectors on pipes, "
-                                             "which Windows' select() cannot wait on")
+
 def test_3000_mutated_files_read_or_fail_cleanly(tmp_path):
     data_path()  # the seeds are the shared files
     done, defects = fuzz(3000, seed=20261124, workers=2, keep=tmp_path / "defects")
@@ -22,3 +26,19 @@ def test_3000_mutated_files_read_or_fail_cleanly(tmp_path):
     report = "\n".join(f"case {d.case} ({d.seed_file}; {', '.join(d.mutations)}): {d.why} [{d.kept}]"
                        for d in defects)
     assert not defects, f"{len(defects)} defects:\n{report}"
+
+
+def test_a_hang_is_caught_but_a_slow_start_or_a_busy_moment_is_not(tmp_path):
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for name in ("plain.mrc", "slow.mrc", "hang.mrc"):
+        codec.writeMRC(np.zeros((2, 8, 8), np.float32), seeds / name)
+    done, defects = fuzz(10, seed=7, workers=2, timeout=1.0, keep=tmp_path / "defects", data=seeds,
+                         reader="tests.fuzz_targets:slow_start_and_hang")
+    assert done == 10
+    # every child's first read takes 2 s, twice the limit: not a defect
+    assert all(d.seed_file == "hang.mrc" for d in defects), [(d.seed_file, d.why) for d in defects]
+    hangs = [d for d in defects if d.why.startswith("hang")]
+    assert hangs and len(hangs) == len(defects)
+    assert all("and again alone" in d.why for d in hangs)
+    assert all(os.path.isfile(d.kept) for d in hangs)

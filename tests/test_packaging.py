@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
 
-from .conftest import script
+from .conftest import data_path, script
+from .plain_install import plain_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,35 @@ def test_the_ci_workflow_covers_three_systems_and_four_pythons():
     classifiers = metadata("napari-mrcz").get_all("Classifier")
     assert {"Operating System :: Microsoft :: Windows", "Operating System :: MacOS",
             "Operating System :: POSIX :: Linux"} <= set(classifiers)
+
+
+def test_a_plain_pip_install_of_the_checkout_brings_only_what_the_codec_needs(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                           "--no-build-isolation", "--quiet", "--report", str(report), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert names == {"napari-mrcz", "numpy", "blosc", "platformdirs"}
+
+
+def test_the_codec_and_info_run_with_the_base_dependencies_alone(tmp_path):
+    python, env = plain_python(tmp_path / "plain-install")
+    check = subprocess.run([*python, "-c", "import napari"], capture_output=True, text=True, env=env)
+    assert "No module named 'napari'" in check.stderr, "the plain Python sees more than the base install"
+    code = ("import sys, numpy as np\n"
+            "from napari_mrcz import codec\n"
+            f"path = {str(tmp_path / 'x.mrcz')!r}\n"
+            "codec.writeMRC(np.arange(24, dtype=np.float32).reshape(2, 3, 4), path, compressor='zstd')\n"
+            "image, meta = codec.readMRC(path)\n"
+            "assert image.tolist() == np.arange(24).reshape(2, 3, 4).tolist()\n"
+            "print(sorted(m for m in sys.modules if '.' not in m and m not in sys.stdlib_module_names\n"
+            "             and not m.startswith('__')))\n")
+    done = subprocess.run([*python, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['blosc', 'napari_mrcz', 'numpy']", "import napari_mrcz.codec stays light"
+    dm = data_path("dm", "ncempy_dmTest_3D_int16_64-65-66.dm4")
+    info = subprocess.run([*python, "-m", "napari_mrcz", "info", str(tmp_path / "x.mrcz"), str(dm)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert "MRCZ (zstd)" in info.stdout and "DM4" in info.stdout

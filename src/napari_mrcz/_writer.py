@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .codec.export import UnsupportedImageError, mrc_pixel_size, write_image
+from .codec.export import AXES_KEY, UnsupportedImageError, json_axes, mrc_pixel_size, write_image
 
 
 def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
@@ -53,16 +53,40 @@ def angstrom(unit: Any) -> float | None:
         return None
 
 
+def _axes(attributes: dict, ndim: int) -> tuple[list[float], list[str]]:
+    """Each axis's scale and unit as the codec writes them: lengths in Å (``'Å'``), pixels (``''``), others.
+
+    An axis in another unit (eV, s) keeps its scale and the unit's short name.
+    """
+    from napari.utils._units import get_unit_registry
+
+    registry = get_unit_registry()
+    scales, units = [], []
+    for s, u in zip([float(s) for s in attributes.get("scale") or [1.0] * ndim],
+                    list(attributes.get("units") or [None] * ndim), strict=False):
+        factor = angstrom(u)
+        if factor is not None:
+            scales.append(s * factor)
+            units.append("Å")
+        elif u is None or str(u) in ("", "pixel"):
+            scales.append(s)
+            units.append("")
+        else:
+            scales.append(s)
+            units.append(f"{registry.Unit(str(u)):~}")
+    return scales, units
+
+
 def pixel_size(attributes: dict, ndim: int, stack: bool, frame_spacing: float | None) -> list[float]:
     """(z, y, x) pixel size in Å from the layer's scale and units.
 
     Axes in a length unit are converted; axes without one (pixels) count as Å,
-    as MRC has no other unit. A stack's frame axis is not a length: its z
-    spacing is the one the source file stated, else the y pixel size.
+    as MRC has no other unit. An axis in a unit that is not a length (an
+    energy in eV) is left unset (0). A stack's frame axis is not a length:
+    its z spacing is the one the source file stated, else the y pixel size.
     """
-    scale = [float(s) for s in attributes.get("scale") or [1.0] * ndim]
-    units = list(attributes.get("units") or [None] * ndim)
-    return mrc_pixel_size([s * (angstrom(u) or 1.0) for s, u in zip(scale, units, strict=False)], stack,
+    scales, units = _axes(attributes, ndim)
+    return mrc_pixel_size([s if u in ("Å", "") else None for s, u in zip(scales, units, strict=False)], stack,
                           frame_spacing)
 
 
@@ -78,7 +102,11 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
     mrcz = dict(metadata.pop("mrcz", None) or {})
     labels = list(attributes.get("axis_labels") or [])
     stack = bool(mrcz.get("stack")) or (data.ndim >= 3 and labels[-3:-2] == ["frame"])
+    extra = _json_safe(metadata)
+    axes = json_axes(labels or [f"axis {k}" for k in range(data.ndim)], *_axes(attributes, data.ndim))
+    if axes is not None:  # energy, time ...: MRC's header has no such axes; the JSON keeps them
+        extra[AXES_KEY] = axes
     write_image(data, path, {**mrcz, "slices": 0}, pixel_size(attributes, data.ndim, stack,
                                                               mrcz.get("frame_spacing")),
-                stack=stack, compressed=compressed, extra_meta=_json_safe(metadata))
+                stack=stack, compressed=compressed, extra_meta=extra)
     return path

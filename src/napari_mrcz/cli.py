@@ -1,7 +1,7 @@
 """The ``napari-mrcz`` command: ``info``, ``compress`` and ``decompress``.
 
 A thin layer over the codec (``info``) and :mod:`napari_mrcz.batch` (the
-others, which import dask only when they run).
+others, which import dask only when they run, and run without it).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -16,10 +17,13 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .batch import BATCH_EXTRA
 from .codec.errors import MRCFileError
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, open_image
 
 COMPRESSORS = ["lz4", "lz4hc", "zstd", "zlib", "blosclz"]
+#: JSON metadata longer than this (as one line) is shown shortened by ``info`` without ``--full``.
+JSON_SHOWN_CHARS = 240
 
 
 def _plain(value: Any) -> Any:
@@ -50,7 +54,8 @@ def describe(path: str, full: bool = False) -> dict[str, Any]:
             "file": path, "format": m["format"], "shape": list(source.shape),
             "dtype": np.dtype(source.dtype).name,
             "compressor": m.get("compressor"), "size_on_disk": m.get("size_on_disk"),
-            "kind": "image" if len(source.shape) < 3 else ("stack" if m.get("stack") else "volume"),
+            "kind": {1: "spectrum", 2: "image"}.get(len(source.shape))
+            or ("stack" if m.get("stack") else "volume"),
             "axes": [{"label": a, "scale": s, "units": u or "px"}
                      for a, s, u in zip(source.axis_labels, source.scale, source.units, strict=False)],
             "voltage_kV": m.get("voltage"), "C3_mm": m.get("C3"), "gain": m.get("gain"),
@@ -63,6 +68,8 @@ def describe(path: str, full: bool = False) -> dict[str, Any]:
         out["json"] = m.get("meta") if m["format"].startswith("MRC") else None
         if "axes" in m:
             out["calibrations"] = m["axes"]
+        if m.get("tags"):
+            out["dm_image_tags"] = sorted(_image_tags(m["tags"]))
         if full:
             out["header"] = header
             if m.get("extended"):
@@ -74,7 +81,33 @@ def describe(path: str, full: bool = False) -> dict[str, Any]:
         source.handle.close()
 
 
-def _print_text(info: dict[str, Any]) -> None:
+def _image_tags(tags: dict[str, Any]) -> dict[str, Any]:
+    """The ImageTags of a DM file's main image (the last image that has them)."""
+    found: dict[str, Any] = {}
+    for image in tags.get("ImageList") or []:
+        if isinstance(image, dict) and isinstance(image.get("ImageTags"), dict):
+            found = image["ImageTags"]
+    return found
+
+
+def _brief(value: Any, depth: int = 0) -> str:
+    """``value`` as compact JSON, with what is nested two levels deep elided (``…``)."""
+    if isinstance(value, dict):
+        if depth >= 2:
+            keys = [json.dumps(k, ensure_ascii=False) + ": …" for k in list(value)[:3]]
+            more = f", … ({len(value)} keys)" if len(value) > 3 else ""
+            return "{" + ", ".join(keys) + more + "}"
+        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_brief(v, depth + 1)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        if depth >= 2 or len(value) > 4:
+            return f"[… {len(value)} items]"
+        return "[" + ", ".join(_brief(v, depth + 1) for v in value) + "]"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 100 else text[:98] + "…\""
+
+
+def _print_text(info: dict[str, Any], full: bool = False) -> None:
     print(info["file"])
     rows = [("format", info["format"] + (f" ({info['compressor']})" if info.get("compressor") else "")),
             ("shape", " × ".join(map(str, info["shape"])) + f" {info['dtype']} ({info['kind']})")]
@@ -86,16 +119,27 @@ def _print_text(info: dict[str, Any]) -> None:
         rows.append((label, "not set" if info[key] is None else f"{info[key]:g}{unit}"))
     if info.get("extended_header"):
         rows.append(("extended header", info["extended_header"]))
+    shortened = False
     if info.get("json"):
-        rows.append(("JSON", json.dumps(info["json"], ensure_ascii=False)))
+        text = json.dumps(info["json"], ensure_ascii=False)
+        if full:
+            text = json.dumps(info["json"], ensure_ascii=False, indent=1)
+        elif len(text) > JSON_SHOWN_CHARS:
+            text, shortened = _brief(info["json"]), True
+        rows.append(("JSON", text))
     for k, cal in enumerate(info.get("calibrations") or []):
         text = f"scale {cal['scale']:g} {cal['units'] or 'px'}, offset {cal['offset'] + 0.0:g}"
         rows.append((f"calibration {k}", text))
+    if info.get("dm_image_tags") and not full:
+        rows.append(("DM image tags", ", ".join(info["dm_image_tags"])))
+        shortened = True
     for key in ("header", "extended", "tags"):
         if key in info:
             rows.append((key, json.dumps(info[key], ensure_ascii=False, indent=1)))
     for label, value in rows:
         print(f"  {label:<16} {value}")
+    if shortened:
+        print(f"  (shortened; all of it: napari-mrcz info --full {shlex.quote(info['file'])})")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -112,12 +156,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, ensure_ascii=False))
         else:
-            _print_text(info)
+            _print_text(info, full=args.full)
     return status
 
 
 def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
-    """``napari-mrcz compress`` and ``decompress``."""
+    """``napari-mrcz compress`` and ``decompress``: 0 all done, 1 some failed, 2 nothing could start."""
     from . import batch
 
     try:
@@ -129,15 +173,23 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
         for item in batch.dry_run(jobs, args.overwrite):
             print(f"{item['action']:<5} {item['source']} -> {item['target']}")
         return 0
+    try:
+        runner = batch.runner(args.scheduler)
+    except batch.MissingDependencyError as exc:
+        print(f"napari-mrcz: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    outcomes = batch.run(jobs, compressed=compressed, compressor=args.compressor, clevel=args.clevel,
-                         backend=args.backend, verify=not args.no_verify, overwrite=args.overwrite,
-                         workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
+    outcomes = batch.run(jobs, compressed=compressed,
+                         compressor=getattr(args, "compressor", DEFAULT_SAVE_COMPRESSOR),
+                         clevel=getattr(args, "clevel", DEFAULT_SAVE_CLEVEL),
+                         backend=getattr(args, "backend", None), verify=not args.no_verify,
+                         overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
+                         quiet=args.quiet)
     info = batch.summary(outcomes, time.perf_counter() - t0)
     if args.json:
-        print(json.dumps({**info, "outcomes": [o.as_dict() for o in outcomes]}))
+        print(json.dumps({**info, "runner": runner, "outcomes": [o.as_dict() for o in outcomes]}))
     elif not args.quiet:
-        batch.print_summary(info)
+        batch.print_summary(info, title=f"napari-mrcz {args.command}")
     return 1 if info["failed"] else 0
 
 
@@ -152,18 +204,29 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
     info.add_argument("--full", action="store_true",
                       help="the whole header, the decoded extended header and DM tags")
+    names = {"compress": "SRC/a/b.dm4 -> DEST/a/b.dm4.mrcz, SRC/a/b.st -> DEST/a/b.st.mrcz (the whole "
+                         "name and .mrcz; a .mrcz file keeps its name)",
+             "decompress": "SRC/a/b.st.mrcz -> DEST/a/b.st, SRC/a/b.mrcz -> DEST/a/b.mrc (.mrcz dropped, "
+                           ".mrc added unless the name ends in an MRC suffix; other files get .mrc added)"}
     for name, what in (("compress", "write MRCZ"), ("decompress", "write plain MRC2014")):
-        p = sub.add_parser(name, help=f"{what} for every file (folders are walked), verified, resumable")
-        p.add_argument("sources", nargs="+", metavar="SRC")
+        p = sub.add_parser(name, help=f"{what} for every file (folders are walked), verified, resumable",
+                           description=f"{what[0].upper()}{what[1:]} for every MRC, MRCZ and DM file "
+                           "under SRC, under DEST with the same folder layout, each verified; run "
+                           "again, it skips what is done.", epilog=f"Output names: {names[name]}.")
+        p.add_argument("sources", nargs="+", metavar="SRC", help="files, and folders to walk")
         p.add_argument("-o", "--output", required=True, metavar="DEST", help="folder for the outputs")
-        p.add_argument("--compressor", choices=COMPRESSORS, default=DEFAULT_SAVE_COMPRESSOR)
-        p.add_argument("--clevel", type=int, choices=range(1, 10), default=DEFAULT_SAVE_CLEVEL,
-                       metavar="1-9")
-        p.add_argument("--backend", choices=["blosc1", "blosc2"], default=None,
-                       help="chunk format (default blosc1, which every MRCZ reader knows)")
+        if name == "compress":
+            p.add_argument("--compressor", choices=COMPRESSORS, default=DEFAULT_SAVE_COMPRESSOR,
+                           help="blosc compressor (default: %(default)s)")
+            p.add_argument("--clevel", type=int, choices=range(1, 10), default=DEFAULT_SAVE_CLEVEL,
+                           metavar="1-9", help="compression level (default: %(default)s)")
+            p.add_argument("--backend", choices=["blosc1", "blosc2"], default=None,
+                           help="chunk format (default: blosc1, which every MRCZ reader knows)")
         p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                       help="local worker processes (default: one per core)")
-        p.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask cluster (tcp://host:8786)")
+                       help="local worker processes (default: %(default)s, one per core)")
+        p.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on this dask cluster (tcp://host:8786); needs the "
+                       f"batch extra: {BATCH_EXTRA} (default: local worker processes)")
         p.add_argument("--pattern", metavar="GLOB", help="only files whose name matches")
         p.add_argument("--overwrite", action="store_true", help="rewrite targets that are already done")
         p.add_argument("--no-verify", action="store_true", help="skip decoding each output again")

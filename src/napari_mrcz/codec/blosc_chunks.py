@@ -214,7 +214,7 @@ class Compressor:
         if section_nbytes > MAX_CHUNK_NBYTES:
             raise ValueError(
                 f"one z-section is {section_nbytes} bytes; blosc chunks hold at most "
-                f"{MAX_CHUNK_NBYTES}")
+                f"{MAX_CHUNK_NBYTES} bytes")
         self.cname, self.clevel, self.typesize = cname, int(clevel), typesize
         self.backend, self.n_threads = backend, n_threads
         # zstd and zlib gain speed and ratio from long blocks, the LZ77 codecs

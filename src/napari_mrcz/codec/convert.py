@@ -21,6 +21,7 @@ extended header: MRC2014 has no JSON type, and ``mrcfile.validate`` passes.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import time
@@ -36,13 +37,26 @@ from .._version import __version__
 from . import blosc_chunks
 from .atomic import replace, temporaries
 from .dm_tags import ArrayRef
-from .export import UnsupportedImageError, mrc_pixel_size, source_sections, stored_dtype, write_image
+from .export import (
+    AXES_KEY,
+    UnsupportedImageError,
+    json_axes,
+    mrc_pixel_size,
+    source_sections,
+    stored_dtype,
+    write_image,
+)
+from .header import MODE_UINT4
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
 
 PROVENANCE = "napari_mrcz_batch"
-#: Suffixes the batch reads, and those it strips to name an output.
-MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".rec", ".ali", ".preali", ".mrcz")
+#: JSON key of an MRCZ whose int8 samples are a 4-bit (mode 101) file's, 0-15: decompress writes mode 101.
+UINT4_KEY = "napari_mrcz_uint4"
+#: The suffixes of plain MRC files: a decompressed file whose name ends in one keeps it.
+PLAIN_MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".rec", ".ali", ".preali")
+MRC_SUFFIXES = (*PLAIN_MRC_SUFFIXES, ".mrcz")
+#: Suffixes the batch reads.
 SOURCE_SUFFIXES = (*MRC_SUFFIXES, ".dm3", ".dm4", ".mrc.gz", ".map.gz", ".mrcs.gz", ".mrc.bz2",
                    ".map.bz2", ".mrcs.bz2")
 #: DM image tags worth keeping in the output's JSON metadata.
@@ -73,13 +87,36 @@ class Outcome:
 
 
 def target_name(name: str, compressed: bool) -> str:
-    """``movie.dm4`` -> ``movie.mrcz`` (``movie.mrc`` when not ``compressed``); ``.mrc.gz`` counts as one."""
+    """The name ``compress`` (``compressed``) or ``decompress`` gives the output of a file named ``name``.
+
+    One rule, whatever else is in the folder. ``compress`` appends ``.mrcz``
+    to the whole name (``movie.dm4`` -> ``movie.dm4.mrcz``, ``tilt.st`` ->
+    ``tilt.st.mrcz``, ``emd_3197.map.gz`` -> ``emd_3197.map.gz.mrcz``); a name
+    ending in ``.mrcz`` is kept. ``decompress`` drops a trailing ``.mrcz`` and
+    then appends ``.mrc`` unless the name ends in a plain MRC suffix
+    (``tilt.st.mrcz`` -> ``tilt.st``, ``x.mrcz`` -> ``x.mrc``); any other name
+    gets ``.mrc`` appended (``x.dm4`` -> ``x.dm4.mrc``), except that a plain
+    MRC file keeps its name. So ``decompress`` gives back the names
+    ``compress`` started from. Suffixes are compared ignoring case.
+
+    Parameters
+    ----------
+    name
+        The source's file name (no folder).
+    compressed
+        The name for ``compress`` (MRCZ) rather than ``decompress`` (plain MRC).
+
+    Returns
+    -------
+    str
+        The target's file name.
+    """
     lower = name.lower()
-    for suffix in sorted(SOURCE_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name + (".mrcz" if compressed else ".mrc")
+    if compressed:
+        return name if lower.endswith(".mrcz") else name + ".mrcz"
+    if lower.endswith(".mrcz"):
+        name, lower = name[: -len(".mrcz")], lower[: -len(".mrcz")]
+    return name if lower.endswith(PLAIN_MRC_SUFFIXES) else name + ".mrc"
 
 
 def provenance(path: str | os.PathLike) -> dict[str, Any]:
@@ -134,6 +171,9 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
 def source_metadata(source: ImageSource) -> dict[str, Any]:
     """JSON metadata for MRCZ outputs, for what has no MRC field: the source, DM calibrations and tags."""
     out: dict[str, Any] = {PROVENANCE: provenance(source.path)}
+    axes = json_axes(source.axis_labels, source.scale, source.units)
+    if axes is not None:
+        out[AXES_KEY] = axes
     if "axes" in source.mrcz:  # a DM file: its own calibrations, and the tags worth keeping
         image_tags = {}
         for image in (source.mrcz.get("tags") or {}).get("ImageList", []) or []:
@@ -147,8 +187,8 @@ def source_metadata(source: ImageSource) -> dict[str, Any]:
 
 def pixel_size(source: ImageSource) -> list[float]:
     """(z, y, x) in Å of what :func:`open_image` found (its lengths are in Å already)."""
-    return mrc_pixel_size([float(s) for s in source.scale], bool(source.mrcz.get("stack")),
-                          source.mrcz.get("frame_spacing"))
+    sizes = [float(s) if u in ("Å", "") else None for s, u in zip(source.scale, source.units, strict=False)]
+    return mrc_pixel_size(sizes, bool(source.mrcz.get("stack")), source.mrcz.get("frame_spacing"))
 
 
 def _digest(section: np.ndarray, dtype: np.dtype) -> int:
@@ -213,16 +253,29 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
 
 def _remove_leftovers(target: Path) -> None:
     """Remove what an interrupted run left for this target: ``.verify`` files and their ``.part`` files."""
-    folder, verify_files = target.parent, f".{target.name}.*.verify"
+    # exactly the names _write_verified gives: the .verify files of x.map are not those of x.map.bz2.mrc
+    folder, verify_files = target.parent, f".{glob.escape(target.name)}.{'[0-9a-f]' * 8}.verify"
     if folder.is_dir():
         for stale in [*folder.glob(verify_files), *temporaries(folder, verify_files)]:
             stale.unlink(missing_ok=True)
 
 
+def is_uint4(opened: ImageSource) -> bool:
+    """Whether the file holds 4-bit samples: MRC mode 101, or an MRCZ of ours made from such a file."""
+    mode = (opened.mrcz.get("header") or {}).get("mode")
+    return (mode is not None and int(mode) % 1000 == MODE_UINT4) or bool((opened.mrcz.get("meta") or {})
+                                                                          .get(UINT4_KEY))
+
+
 def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed: bool, compressor: str,
                     clevel: int, backend: str | None, verify: bool) -> None:
     digests: dict[int, int] = {}
-    dtype = stored_dtype(opened.dtype)
+    # 4-bit samples stay 4-bit: mode 101 in plain MRC; int8 in MRCZ (MRCZ cannot pack nibbles; python-mrcz
+    # says "use int8"), marked in the JSON so that decompress writes mode 101 again.
+    uint4 = is_uint4(opened)
+    write_dtype = ("int8" if compressed else "uint4") if uint4 else None
+    dtype = np.dtype({"int8": "i1", "uint4": "u1"}[write_dtype]) if uint4 else stored_dtype(opened.dtype,
+                                                                                            opened.path)
     sections = source_sections(opened, on_read=lambda i, s: digests.__setitem__(i, _digest(s, dtype)))
     out.frames = len(sections)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -232,9 +285,11 @@ def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed:
         mrcz["meta"] = {}  # plain MRC2014 has no place for JSON
     stack = bool(opened.mrcz.get("stack"))
     try:
+        extra = source_metadata(opened) if compressed else None
+        if extra is not None and uint4:
+            extra[UINT4_KEY] = True
         write_image(sections, temporary, mrcz, pixel_size(opened), stack=stack, compressed=compressed,
-                    extra_meta=source_metadata(opened) if compressed else None, backend=backend,
-                    stamp=source_stamp(opened.path))
+                    extra_meta=extra, backend=backend, stamp=source_stamp(opened.path), dtype=write_dtype)
         if verify:
             _verify(temporary, digests, len(sections), source=opened.path)
         replace(temporary, target)

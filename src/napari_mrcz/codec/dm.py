@@ -214,7 +214,7 @@ class DMFile:
         if data.nbytes != n * stored.itemsize:
             raise MRCFileError(
                 self.path, f"{where}: {dims} {stored} needs {n * stored.itemsize} bytes of data, "
-                f"the Data tag holds {data.nbytes}")
+                f"the Data tag holds {data.nbytes} bytes")
         if data_type == PACKED_COMPLEX and (len(shape) != 2 or shape[0] != shape[1] or shape[0] % 2):
             raise MRCFileError(self.path, f"{where}: packed-complex data must be 2N x 2N, not {shape}")
         calibrations = info.get("Calibrations")

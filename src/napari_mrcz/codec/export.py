@@ -23,6 +23,8 @@ from .stack import MRCStack
 
 #: Header fields of the source file written back unchanged.
 KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg")
+#: The JSON metadata key of axes an MRC header cannot hold (energy, time ...): see :func:`json_axes`.
+AXES_KEY = "napari_mrcz_axes"
 
 
 class UnsupportedImageError(TypeError):
@@ -77,20 +79,39 @@ class Frame:
         return np.asarray(self.data[self.i])[key]
 
 
-def stored_dtype(dtype: Any) -> np.dtype:
-    """The type MRC stores data of ``dtype`` as (uint8 -> uint16, float64 -> float32 ...), native order."""
-    return np.dtype(_file_dtype(np.dtype(dtype), None, "=", "")[0]).newbyteorder("=")
+def stored_dtype(dtype: Any, path: str | os.PathLike = "") -> np.dtype:
+    """The type MRC stores data of ``dtype`` as (uint8 -> uint16, float64 -> float32 ...), native order.
+
+    With ``path``, narrowing (float64, complex128) is logged once per type, naming that file.
+    """
+    return np.dtype(_file_dtype(np.dtype(dtype), None, "=", os.fspath(path))[0]).newbyteorder("=")
 
 
-def mrc_pixel_size(sizes: list[float], stack: bool, frame_spacing: float | None) -> list[float]:
+def mrc_pixel_size(sizes: list[float | None], stack: bool, frame_spacing: float | None) -> list[float]:
     """The (z, y, x) pixel size, in Å, an MRC header gets for axes of these sizes (Å, last two y, x).
 
     A volume's z is its own; a stack's or an image's is the frame spacing its
-    source stated, or y.
+    source stated, or y. ``None`` is an axis that is not a length (an energy
+    loss in eV, a time): its pixel size is left unset (0), never written as
+    Å; :func:`json_axes` keeps it.
     """
     y, x = ([1.0, *sizes])[-2], sizes[-1]
     z = sizes[-3] if len(sizes) >= 3 and not stack else (frame_spacing or y)
-    return [float(z), float(y), float(x)]
+    return [0.0 if v is None else float(v) for v in (z, y, x)]
+
+
+def json_axes(labels: list[str], scales: list[float], units: list[str]) -> list[dict] | None:
+    """Every axis (label, scale, units), for the JSON metadata, where one is not a length: else ``None``.
+
+    ``units`` are ``'Å'`` for lengths (``scales`` in Å), ``''`` for pixels,
+    anything else for an axis that is not a length, which an MRC header
+    cannot describe (an EELS spectrum's energy axis in eV). The reader gives
+    those back from the JSON (``AXES_KEY``) as the axes they were.
+    """
+    if all(u in ("Å", "") for u in units):
+        return None
+    return [{"label": str(a), "scale": float(s), "units": str(u)}
+            for a, s, u in zip(labels, scales, units, strict=False)]
 
 
 def source_sections(source: ImageSource,
@@ -129,7 +150,7 @@ def source_sections(source: ImageSource,
 
 def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,
                 stack: bool, compressed: bool, extra_meta: dict | None = None,
-                backend: str | None = None, stamp: str | None = None) -> None:
+                backend: str | None = None, stamp: str | None = None, dtype: str | None = None) -> None:
     """Write ``data`` as MRCZ (``compressed``) or plain MRC with what ``mrcz`` says about its source.
 
     Parameters
@@ -154,6 +175,9 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         ``'blosc1'`` or ``'blosc2'`` chunks (default blosc1).
     stamp
         A text to keep in a label of ours (up to 68 characters).
+    dtype
+        The type to store, as :func:`~napari_mrcz.codec.mrc.writeMRC`'s
+        ``dtype`` (``'uint4'``: mode 101); default: the data's.
     """
     save = dict(mrcz.get("save") or {})
     compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
@@ -176,7 +200,7 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     write_with_header(frames, path, fields, meta=meta or None, pixelsize=pixelsize,
                       voltage=0.0 if voltage is None else float(voltage),
                       C3=0.0 if c3 is None else float(c3), gain=0.0 if gain is None else float(gain),
-                      compressor=compressor, clevel=clevel, backend=backend)
+                      compressor=compressor, clevel=clevel, backend=backend, dtype=dtype)
 
 
 class _Grouped:

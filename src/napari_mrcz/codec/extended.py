@@ -242,12 +242,13 @@ def decode_extended(header: MRCHeader, raw: bytes) -> ExtendedHeader:
     if kind in ("FEI1", "FEI2"):
         dtype = fei_dtype(kind.encode(), header.byteorder)
         if len(raw) < dtype.itemsize:
-            out.problem = f"{kind} extended header holds {len(raw)} bytes, one record needs {dtype.itemsize}"
+            out.problem = (f"{kind} extended header holds {len(raw)} bytes, one record needs "
+                           f"{dtype.itemsize} bytes")
         else:
             first = np.frombuffer(raw, dtype=dtype, count=1)[0]
             if int(first["Metadata size"]) != dtype.itemsize:
                 out.problem = (f"{kind} record says its size is {int(first['Metadata size'])} bytes, "
-                               f"the {kind} layout has {dtype.itemsize}")
+                               f"the {kind} layout has {dtype.itemsize} bytes")
             else:
                 records = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize)
                 out.sections = {name: records[name] for name in dtype.names}

@@ -346,7 +346,7 @@ def parse_header(
     """
     if len(raw_bytes) < HEADER_BYTES:
         what = "empty file" if not raw_bytes else f"only {len(raw_bytes)} bytes"
-        raise TruncatedFileError(path, f"not an MRC file: {what}, an MRC header needs {HEADER_BYTES}")
+        raise TruncatedFileError(path, f"not an MRC file: {what}, an MRC header needs {HEADER_BYTES} bytes")
     raw_bytes = bytes(raw_bytes[:HEADER_BYTES])
     bo = _detect_byteorder(raw_bytes)
     dt = HEADER_DTYPE if bo == "<" else HEADER_DTYPE.newbyteorder(">")
@@ -425,7 +425,7 @@ def parse_header(
         elif nz * 16 > available:
             raise TruncatedFileError(
                 path, f"file is truncated: {nz} compressed sections need at least "
-                f"{nz * 16} bytes, the file holds {available}")
+                f"{nz * 16} bytes, the file holds {available} bytes after its header")
 
     # python-mrcz's convention: MZ holds the z-sections per frame ("slices").
     mx, my, mz = (int(raw[k]) for k in ("mx", "my", "mz"))

@@ -64,7 +64,7 @@ def readBloscHeader(filehandle: BinaryIO) -> tuple[list[int], list[int]]:
     head = filehandle.read(blosc_chunks.CHUNK_HEADER_BYTES)
     if len(head) < blosc_chunks.CHUNK_HEADER_BYTES:
         raise EOFError(f"{getattr(filehandle, 'name', 'file')}: a blosc chunk header needs 16 bytes, "
-                       f"{len(head)} remain")
+                       f"{len(head)} bytes remain")
     version, versionlz, flags, typesize, nbytes, blocksize, cbytes = blosc_chunks.parse_chunk_header(head)
     return [nbytes, blocksize, cbytes], [version, versionlz, flags, typesize]
 

@@ -63,7 +63,7 @@ def _frame_range(idx: int | Sequence[int] | None, nz: int, path: str) -> tuple[i
     first = first + nz if first < 0 else first
     last = last + nz if last < 0 else last
     if not 0 <= first < nz:
-        raise MRCFileError(path, f"idx {idx}: section {first} is out of range, the file has {nz}")
+        raise MRCFileError(path, f"idx {idx}: section {first} is out of range, the file has {nz} sections")
     if not first <= last < nz:
         raise MRCFileError(path, f"idx {idx}: last section {last} is out of range {first}..{nz - 1}")
     return first, last + 1
@@ -231,7 +231,7 @@ def _file_dtype(in_dtype: np.dtype, dtype: Any, byteorder: str, path: str) -> tu
     name = target.name
     if name in ("float64", "complex128"):
         narrow = "float32" if name == "float64" else "complex64"
-        if name not in _WARNED:
+        if path and name not in _WARNED:  # a path to name: not a question of stored_dtype() alone
             logger.warning("Casting %s to numpy.%s; further warnings suppressed.", path, narrow)
             _WARNED.add(name)
         target = np.dtype(narrow)
@@ -495,11 +495,13 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     nthreads = blosc_chunks.threads(n_threads)
     pixel_A = _pixelsize_A(pixelsize, pixelunits)
     ext = _json_bytes(meta)
-    if compressor is not None:
-        mode = base_mode + MRC_COMP_RATIO * REVERSE_COMPRESSOR_ENUM[compressor]
+    if compressor is not None or base_mode == MODE_UINT4:
+        # python-mrcz's layout. Mode 101 is python-mrcz's (mrcfile does not read it), which reads
+        # it only as one array: MZ, its slices per frame, stays 0.
+        mode = base_mode + (0 if compressor is None else MRC_COMP_RATIO * REVERSE_COMPRESSOR_ENUM[compressor])
         layout = {"sampling": (slices, 0, 0), "cell_sampling": (nz, ny, nx), "ispg": 0}
-        compress = blosc_chunks.Compressor(compressor, clevel, file_dtype.itemsize,
-                                           ny * nx * file_dtype.itemsize, backend, nthreads)
+        compress = None if compressor is None else blosc_chunks.Compressor(
+            compressor, clevel, file_dtype.itemsize, ny * nx * file_dtype.itemsize, backend, nthreads)
     else:
         mode = base_mode
         layout = _plain_layout(nz, ny, nx, slices)

@@ -143,16 +143,38 @@ def _open_mrc(path: str) -> ImageSource:
     mapped = stack.memmap() if mappable else None
     if nz == 1:
         data = mapped[0] if mapped is not None else stack.read(0, 1)[0]
-        return ImageSource(shape=(ny, nx), scale=[py, px], units=["Å", "Å"], axis_labels=["y", "x"],
-                           data=data, **common)
+        if ny == 1:  # a spectrum or a profile: one axis, as readMRC returns it
+            axes = _json_axes(h.json_meta, ["x"], [px], ["Å"])
+            return ImageSource(shape=(nx,), data=data[0], **axes, **common)
+        axes = _json_axes(h.json_meta, ["y", "x"], [py, px], ["Å", "Å"])
+        return ImageSource(shape=(ny, nx), data=data, **axes, **common)
     first = ("z", pz, "Å") if volume else ("frame", 1.0, "")
-    spatial = dict(shape=(nz, ny, nx), scale=[first[1], py, px], units=[first[2], "Å", "Å"],
-                   axis_labels=[first[0], "y", "x"])
+    axes = _json_axes(h.json_meta, [first[0], "y", "x"], [first[1], py, px], [first[2], "Å", "Å"])
+    spatial = dict(shape=(nz, ny, nx), **axes)
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
     # One decoder thread per frame: the viewer's own drawing needs the other core.
     cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0], nz)
     return ImageSource(cache=cache, **spatial, **common)
+
+
+def _json_axes(meta: dict | None, labels: list[str], scale: list[float], units: list[str]) -> dict[str, list]:
+    """The axes of an MRC image: the header's, except those the JSON metadata keeps (``napari_mrcz_axes``).
+
+    MRC's header holds lengths only; an axis that is not one (an EELS
+    spectrum's energy in eV) is written with its pixel size unset and kept,
+    with its unit, in the JSON (see :func:`~napari_mrcz.codec.export.json_axes`).
+    Those are matched to the trailing axes; lengths stay the header's.
+    """
+    kept = (meta or {}).get("napari_mrcz_axes")
+    if isinstance(kept, list):
+        for k, axis in zip(range(len(labels) - 1, -1, -1), reversed(kept), strict=False):
+            if not isinstance(axis, dict):
+                continue
+            unit, value = str(axis.get("units", "")), axis.get("scale")
+            if unit not in ("Å", "") and isinstance(value, (int, float)) and np.isfinite(value):
+                labels[k], scale[k], units[k] = str(axis.get("label", labels[k])), float(value), unit
+    return {"axis_labels": labels, "scale": scale, "units": units}
 
 
 def _dm_axis(axis: Any, position: int, ndim: int) -> tuple[str, float, str]:

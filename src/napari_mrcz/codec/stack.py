@@ -189,7 +189,7 @@ class MRCStack:
                 if len(head) < blosc_chunks.CHUNK_HEADER_BYTES:
                     raise TruncatedFileError(
                         self.path, f"file is truncated: compressed z-section {k} of {h.shape[0]} "
-                        f"should start at byte {pos}, the file ends at {self._src.size}")
+                        f"should start at byte {pos}, the file ends at byte {self._src.size}")
                 version, _, _, typesize, nbytes, _, cbytes = blosc_chunks.parse_chunk_header(head)
                 if version not in blosc_chunks.BACKEND_BY_VERSION:
                     raise MRCFileError(
@@ -198,7 +198,7 @@ class MRCStack:
                 if nbytes != expect:
                     raise MRCFileError(
                         self.path, f"z-section {k}: blosc chunk at byte {pos} holds {nbytes} "
-                        f"bytes, a {h.shape[1]} x {h.shape[2]} {h.dtype.name} section needs {expect}")
+                        f"bytes, a {h.shape[1]} x {h.shape[2]} {h.dtype.name} section needs {expect} bytes")
                 if cbytes < blosc_chunks.CHUNK_HEADER_BYTES or pos + cbytes > self._src.size:
                     raise TruncatedFileError(
                         self.path, f"z-section {k}: blosc chunk at byte {pos} claims {cbytes} "
