@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -20,6 +21,14 @@ def data_path(*parts: str) -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared test data not found at {DATA} (set NAPARI_MRCZ_DATA)")
     return DATA.joinpath(*parts)
+
+
+def session_folder(folder: Path, files: dict[str, tuple[str, ...]]) -> Path:
+    """``folder`` filled with shared files: ``{"a/b.dm4": ("dm", "x.dm4"), ...}`` (paths inside it: data)."""
+    for rel, parts in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data_path(*parts), folder / rel)
+    return folder
 
 
 def expected(folder: str) -> dict:

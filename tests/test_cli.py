@@ -22,7 +22,7 @@ import pytest
 from napari_mrcz import codec
 from napari_mrcz.codec.dm import DMFile
 
-from .conftest import data_path, kill_hard, script
+from .conftest import data_path, kill_hard, script, session_folder
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -77,11 +77,7 @@ SESSION = {
 
 @pytest.fixture
 def session(tmp_path) -> Path:
-    src = tmp_path / "session"
-    for rel, parts in SESSION.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data_path(*parts), src / rel)
-    return src
+    return session_folder(tmp_path / "session", SESSION)
 
 
 def shown(source: Path) -> np.ndarray:
@@ -205,10 +201,7 @@ def targets(done: subprocess.CompletedProcess) -> dict[str, str]:
 
 
 def test_names_do_not_depend_on_the_folder_and_decompress_gives_them_back(tmp_path):
-    src = tmp_path / "session"
-    src.mkdir()
-    for name, parts in NAMED.items():
-        shutil.copyfile(data_path(*parts), src / name)
+    src = session_folder(tmp_path / "session", NAMED)
     out, plain = tmp_path / "out", tmp_path / "plain"
     assert targets(cli("compress", str(src), "-o", str(out), "--dry-run")) == COMPRESSED
     alone = targets(cli("compress", str(src / "EMD-3197.map"), "-o", str(out), "--dry-run"))
@@ -271,10 +264,7 @@ READABLE = {
 
 
 def test_the_summary_fits_80_columns_in_fitting_units_and_names_each_failure_once(tmp_path):
-    src = tmp_path / "session"
-    src.mkdir()
-    for name, parts in READABLE.items():
-        shutil.copyfile(data_path(*parts), src / name)
+    src = session_folder(tmp_path / "session", READABLE)
     done = subprocess.run([sys.executable, "-m", "napari_mrcz", "compress", str(src), "-o",
                            str(tmp_path / "out"), "--workers", "1"], capture_output=True, text=True,
                           timeout=300, env={**ENV, "COLUMNS": "80"})

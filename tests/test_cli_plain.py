@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import mrcz
 import numpy as np
 import pytest
 
-from .conftest import data_path
+from .conftest import session_folder
 from .plain_install import plain_python
 from .test_cli import shown
 
@@ -49,11 +48,7 @@ def plain_env(tmp_path) -> tuple[list[str], dict[str, str]]:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    src = tmp_path / "session"
-    for rel, parts in FILES.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data_path(*parts), src / rel)
-    return src
+    return session_folder(tmp_path / "session", FILES)
 
 
 def plain_cli(plain: tuple[list[str], dict[str, str]], *args: str) -> subprocess.CompletedProcess:
