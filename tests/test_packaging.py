@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -82,3 +83,18 @@ def test_the_codec_and_info_run_with_the_base_dependencies_alone(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert info.returncode == 0, info.stderr
     assert "MRCZ (zstd)" in info.stdout and "DM4" in info.stdout
+
+
+def test_the_install_lines_of_the_docs_install_from_a_checkout_with_extras_that_exist():
+    from importlib.metadata import metadata
+
+    extras = set(metadata("napari-mrcz").get_all("Provides-Extra"))
+    found: dict[str, set[str]] = {}
+    for doc in ("README.md", "docs/index.md", "docs/scaling.md"):
+        text = (ROOT / doc).read_text()
+        assert "pip install napari-mrcz" not in text and 'pip install "napari-mrcz' not in text, \
+            f"{doc} installs a release that is not on PyPI"
+        found[doc] = {e for group in re.findall(r'pip install (?:-e )?"\.\[([a-z0-9,]+)\]"', text)
+                      for e in group.split(",")}
+        assert found[doc] <= extras, f"{doc} names extras pyproject.toml lacks: {found[doc] - extras}"
+    assert found["docs/index.md"] <= found["README.md"], "the guide's install lines are the README's"
