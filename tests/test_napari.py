@@ -80,6 +80,8 @@ def test_open_every_shared_file(viewer, path):
     else:
         (layer,) = layers
         assert layer.rgb == (want.ndim == 3 and want.shape[-1] == 4 and name.startswith("rsciio_2D_test-8"))
+        if layer.rgb:  # DM's RGBA: the 4th byte is padding, not an alpha napari should get
+            want = want[..., :3]
         np.testing.assert_array_equal(np.asarray(layer.data).reshape(want.shape), want)
     spatial = [float(v) for v in layers[0].scale][-len(scale):]
     if meta.get("slices", 0) > 1:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,3 +159,29 @@ def test_a_lazy_mrcz_source_is_written_to_mrcz_without_deadlock(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.mrcz"), str(tmp_path / "b.mrcz")],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_a_write_error_names_the_file_the_user_asked_for_not_the_temporary_file(tmp_path, rng):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    target = blocker / "out.mrc"  # its folder is a file: the temporary file cannot be made
+    with pytest.raises(OSError) as caught:
+        codec.writeMRC(make_stack(rng, "float32"), target)
+    assert str(target) in str(caught.value) and ".part" not in str(caught.value)
+
+    # a disk that fills up midway (a file size limit, as quotas do): the error names the target
+    script = ("import resource, signal, sys, numpy as np\n"
+              "from napari_mrcz import codec\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+              "try:\n"
+              "    codec.writeMRC(np.zeros((8, 256, 256), np.float32), sys.argv[1])\n"
+              "except OSError as exc:\n"
+              "    print(exc)\n")
+    full = tmp_path / "full.mrc"
+    done = subprocess.run([sys.executable, "-c", script, str(full)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert str(full) in done.stdout and ".part" not in done.stdout, done.stdout
+    assert "File too large" in done.stdout
+    assert not full.exists() and os.listdir(tmp_path) == ["not-a-folder"], "nothing half-written is left"

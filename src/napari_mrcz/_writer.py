@@ -13,9 +13,19 @@ saving over the file a layer is reading from is safe.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
-from .codec.export import AXES_KEY, UnsupportedImageError, json_axes, mrc_pixel_size, write_image
+import numpy as np
+
+from .codec.export import (
+    AXES_KEY,
+    UnsupportedImageError,
+    json_axes,
+    mrc_pixel_size,
+    reads_the_source,
+    write_image,
+)
 
 
 def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
@@ -98,6 +108,10 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
         raise UnsupportedImageError(f"{path}: MRC cannot store RGB images")
     if attributes.get("multiscale"):  # a large volume: its full-size level is the data
         data = data[0]
+    if compressed and np.dtype(data.dtype) == np.float16:
+        warnings.warn(f"{path}: float16 MRCZ (mode 12) is written, which python-mrcz 0.6.0 cannot read "
+                      "(mrcfile, IMOD and napari-mrcz can); convert the layer to float32 for python-mrcz",
+                      UserWarning, stacklevel=2)
     metadata = dict(attributes.get("metadata") or {})
     mrcz = dict(metadata.pop("mrcz", None) or {})
     labels = list(attributes.get("axis_labels") or [])
@@ -108,5 +122,5 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
         extra[AXES_KEY] = axes
     write_image(data, path, {**mrcz, "slices": 0}, pixel_size(attributes, data.ndim, stack,
                                                               mrcz.get("frame_spacing")),
-                stack=stack, compressed=compressed, extra_meta=extra)
+                stack=stack, compressed=compressed, extra_meta=extra, unchanged=reads_the_source(data, mrcz))
     return path

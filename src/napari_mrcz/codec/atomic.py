@@ -48,17 +48,38 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """
     target = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)  # see temporaries()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)  # see temporaries()
+    except OSError as exc:
+        raise _naming(exc, target, exc.filename) from exc  # about the temporary file it tried
     try:
         with os.fdopen(fd, "wb+", buffering=0) as f:
             os.chmod(tmp, _new_file_mode(target))  # mkstemp's 0600 would hide the file from the group
             yield f
             os.fsync(f.fileno())
         replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            named = _naming(exc, target, tmp)
+            if named is not exc:
+                raise named from exc
         raise
+
+
+def _naming(exc: OSError, target: str, tmp: str | None = None) -> OSError:
+    """The error about ``target``, which the user named, where it names the temporary file or no file.
+
+    An error that names another file (a source that failed to read) is left as it is.
+    """
+    about_tmp = exc.filename is not None and exc.filename == tmp or tmp is not None and tmp in str(exc)
+    if not about_tmp and (exc.filename is not None or target in str(exc)):
+        return exc
+    try:
+        return type(exc)(exc.errno, f"cannot write {target}: {exc.strerror or exc}", target)
+    except TypeError:  # an OSError subclass with other arguments
+        return OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}", target)
 
 
 def temporaries(folder: str | os.PathLike, name: str) -> list[Path]:

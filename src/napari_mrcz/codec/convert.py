@@ -42,6 +42,7 @@ from .export import (
     UnsupportedImageError,
     json_axes,
     mrc_pixel_size,
+    plain_mrc_dtype,
     source_sections,
     stored_dtype,
     write_image,
@@ -272,10 +273,14 @@ def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed:
     digests: dict[int, int] = {}
     # 4-bit samples stay 4-bit: mode 101 in plain MRC; int8 in MRCZ (MRCZ cannot pack nibbles; python-mrcz
     # says "use int8"), marked in the JSON so that decompress writes mode 101 again.
+    # 32-bit integers in plain MRC: the standard mode that holds them (plain_mrc_dtype, a first pass).
     uint4 = is_uint4(opened)
-    write_dtype = ("int8" if compressed else "uint4") if uint4 else None
-    dtype = np.dtype({"int8": "i1", "uint4": "u1"}[write_dtype]) if uint4 else stored_dtype(opened.dtype,
-                                                                                            opened.path)
+    if uint4:
+        write_dtype: str | None = "int8" if compressed else "uint4"
+    else:
+        write_dtype = None if compressed else plain_mrc_dtype(source_sections(opened), opened.path)
+    dtype = (np.dtype("u1" if write_dtype == "uint4" else write_dtype) if write_dtype
+             else stored_dtype(opened.dtype, opened.path))
     sections = source_sections(opened, on_read=lambda i, s: digests.__setitem__(i, _digest(s, dtype)))
     out.frames = len(sections)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +294,8 @@ def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed:
         if extra is not None and uint4:
             extra[UINT4_KEY] = True
         write_image(sections, temporary, mrcz, pixel_size(opened), stack=stack, compressed=compressed,
-                    extra_meta=extra, backend=backend, stamp=source_stamp(opened.path), dtype=write_dtype)
+                    extra_meta=extra, backend=backend, stamp=source_stamp(opened.path), dtype=write_dtype,
+                    unchanged=True)
         if verify:
             _verify(temporary, digests, len(sections), source=opened.path)
         replace(temporary, target)

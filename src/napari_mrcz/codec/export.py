@@ -11,18 +11,22 @@ source lacks (``None``) are written as 0, MRC's "not set".
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .dm import DMFile
+from .lazy import LazyStack
 from .mrc import _file_dtype, write_with_header
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource
 from .stack import MRCStack
 
 #: Header fields of the source file written back unchanged.
 KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg")
+#: The JSON metadata key of a source's per-section records (FEI1/FEI2/SerialEM extended header).
+EXTENDED_KEY = "napari_mrcz_extended"
 #: The JSON metadata key of axes an MRC header cannot hold (energy, time ...): see :func:`json_axes`.
 AXES_KEY = "napari_mrcz_axes"
 
@@ -77,6 +81,57 @@ class Frame:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self.data[self.i])[key]
+
+
+#: Integer types plain MRC2014 has no mode for (python-mrcz's modes 7 and 8 are not standard).
+WIDE_INTEGERS = ("int32", "uint32")
+
+
+def plain_mrc_dtype(data: Any, path: str | os.PathLike) -> str | None:
+    """The standard MRC2014 type that holds ``data``'s 32/64-bit integers exactly, for plain MRC.
+
+    int16 or uint16 where every value fits, else float32 where every value's
+    magnitude is at most 2**24 (float32 holds those integers exactly). ``None``
+    for other types (written as they are). Reads the data once, a section at a time.
+
+    Raises
+    ------
+    UnsupportedImageError
+        Values no standard mode holds exactly; the message offers MRCZ.
+    """
+    name = np.dtype(data.dtype).name
+    if name not in WIDE_INTEGERS:
+        return None
+    lo, hi = 0, 0
+    for i in range(data.shape[0] if data.ndim >= 3 else 1):
+        section = np.asarray(data[i] if data.ndim >= 3 else data)
+        if section.size:
+            lo, hi = min(lo, int(section.min())), max(hi, int(section.max()))
+    if lo >= -(1 << 15) and hi < 1 << 15:
+        return "int16"
+    if lo >= 0 and hi < 1 << 16:
+        return "uint16"
+    if lo >= -(1 << 24) and hi <= 1 << 24:
+        return "float32"
+    raise UnsupportedImageError(
+        f"{path}: plain MRC2014 has no mode that holds these {name} values exactly ({lo} to {hi}: "
+        "beyond int16, uint16 and the ±2^24 that float32 holds exactly); save as MRCZ, which keeps "
+        f"{name} (python-mrcz's mode {7 if name == 'int32' else 8})")
+
+
+def reads_the_source(data: Any, mrcz: dict) -> bool:
+    """Whether ``data`` is the file ``mrcz`` describes, unchanged: its lazy frames or its read-only map.
+
+    Not a part of it (one channel), not a transform of it (a complex file's
+    amplitude), not an array in memory that may have been edited.
+    """
+    shape = tuple(mrcz.get("shape") or ())
+    if not shape or int(np.prod(shape)) != int(np.prod(getattr(data, "shape", (0,)))):
+        return False
+    if isinstance(data, LazyStack):
+        return data._transform is None and data.shape[0] == shape[0]
+    return isinstance(data, np.memmap) and not data.flags.writeable and data.filename is not None \
+        and os.path.samefile(data.filename, mrcz.get("source") or data.filename)
 
 
 def stored_dtype(dtype: Any, path: str | os.PathLike = "") -> np.dtype:
@@ -150,7 +205,8 @@ def source_sections(source: ImageSource,
 
 def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,
                 stack: bool, compressed: bool, extra_meta: dict | None = None,
-                backend: str | None = None, stamp: str | None = None, dtype: str | None = None) -> None:
+                backend: str | None = None, stamp: str | None = None, dtype: str | None = None,
+                unchanged: bool = False) -> None:
     """Write ``data`` as MRCZ (``compressed``) or plain MRC with what ``mrcz`` says about its source.
 
     Parameters
@@ -178,15 +234,31 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     dtype
         The type to store, as :func:`~napari_mrcz.codec.mrc.writeMRC`'s
         ``dtype`` (``'uint4'``: mode 101); default: the data's.
+    unchanged
+        ``data`` is the source's, as it was: its header statistics (DMIN,
+        DMAX, DMEAN, RMS) are written back as they were, where it had them.
+        Otherwise they are computed while writing, in the same pass.
     """
     save = dict(mrcz.get("save") or {})
     compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
     clevel = int(save.get("clevel") or DEFAULT_SAVE_CLEVEL)
     meta = {**dict(extra_meta or {}), **dict(mrcz.get("meta") or {})}
+    records = mrcz.get("extended")  # FEI/SerialEM per-section records (tilt angles, dose ...)
+    if records and records.get("sections") and EXTENDED_KEY not in meta:
+        if compressed:  # MRCZ's extended header is its JSON: they go there, by name
+            meta[EXTENDED_KEY] = {"type": records.get("type"), "sections": {
+                str(name): _json_values(values) for name, values in records["sections"].items()}}
+        else:
+            warnings.warn(f"{path}: the {records.get('type')} extended header (per-section "
+                          f"{', '.join(list(records['sections'])[:4])} ...) is not written to plain MRC; "
+                          "save as MRCZ to keep it (in its JSON metadata)", UserWarning, stacklevel=2)
     header = dict(mrcz.get("header") or {})
     fields = {k: header[k] for k in KEPT_FIELDS if k in header}
     if stamp:
         fields["stamp"] = stamp
+    stats = tuple(header.get(k) for k in ("dmin", "dmax", "dmean", "rms"))
+    if unchanged and None not in stats and stats[1] >= stats[0]:  # the source had them: as they were
+        fields["stats"] = stats
     slices = int(mrcz.get("slices") or 0)
     if data.ndim > 3:
         frames: Any = [Frame(data, i) for i in range(data.shape[0])]
@@ -196,11 +268,24 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         frames = [Frame(_Grouped(data, slices), j) for j in range(data.shape[0] // slices)]
     else:
         frames = data
+    if not compressed and dtype is None:
+        dtype = plain_mrc_dtype(data, path)
     voltage, c3, gain = (mrcz.get(k) for k in ("voltage", "C3", "gain"))
     write_with_header(frames, path, fields, meta=meta or None, pixelsize=pixelsize,
                       voltage=0.0 if voltage is None else float(voltage),
                       C3=0.0 if c3 is None else float(c3), gain=0.0 if gain is None else float(gain),
-                      compressor=compressor, clevel=clevel, backend=backend, dtype=dtype)
+                      compressor=compressor, clevel=clevel, backend=backend, dtype=dtype,
+                      quickStats=False)
+
+
+def _json_values(values: Any) -> list:
+    """Per-section values as JSON holds them: text decoded, numbers as numbers, NaN and inf as null."""
+    array = np.asarray(values)
+    if array.dtype.kind == "S":
+        return [v.rstrip(b"\0 ").decode("latin-1") for v in array.ravel().tolist()]
+    if array.dtype.kind == "f":
+        return np.where(np.isfinite(array), array.astype(object), None).tolist()
+    return array.tolist()
 
 
 class _Grouped:

@@ -137,6 +137,41 @@ def _detect_byteorder(raw: bytes) -> str:
     return first
 
 
+#: MAPC, MAPR, MAPS of the standard axis order: columns along X, rows along Y, sections along Z.
+STANDARD_AXIS_ORDER = (1, 2, 3)
+
+
+def axis_order(mapc: Any, mapr: Any, maps: Any) -> tuple[int, int, int]:
+    """(MAPC, MAPR, MAPS): the cell axis (1 X, 2 Y, 3 Z) that columns, rows and sections run along.
+
+    MRC2014 lets a map store its axes in any order (crystallographic maps
+    often do: EMD-3001 has 3, 1, 2, columns along Z). Anything that is not a
+    permutation of 1, 2, 3 (0, 0, 0 in old or careless files) means the
+    standard order.
+
+    Parameters
+    ----------
+    mapc, mapr, maps
+        The header's MAPC, MAPR and MAPS.
+
+    Returns
+    -------
+    tuple of int
+        A permutation of (1, 2, 3).
+    """
+    order = (int(mapc), int(mapr), int(maps))
+    return order if sorted(order) == [1, 2, 3] else STANDARD_AXIS_ORDER
+
+
+def data_axes_cell(order: tuple[int, int, int]) -> list[int]:
+    """The cell axis (0 X, 1 Y, 2 Z) of each data axis (sections, rows, columns) for an axis order.
+
+    Standard order gives ``[2, 1, 0]``: numpy's (z, y, x).
+    """
+    mapc, mapr, maps = order
+    return [maps - 1, mapr - 1, mapc - 1]
+
+
 def first_label(raw_header: np.void) -> bytes:
     """The first 80-byte label, stripped of padding."""
     return bytes(raw_header["label"][0]).rstrip(b" \0\t\r\n")
@@ -232,6 +267,11 @@ class MRCHeader:
         if self.compressor is not None or self.written_by == "python-mrcz":
             return self.slices != 1
         return int(self.raw["ispg"]) != 0
+
+    @property
+    def axis_order(self) -> tuple[int, int, int]:
+        """(MAPC, MAPR, MAPS), the cell axes of columns, rows and sections; see :func:`axis_order`."""
+        return axis_order(self.raw["mapc"], self.raw["mapr"], self.raw["maps"])
 
     @property
     def nint_nreal(self) -> tuple[int, int]:
@@ -442,10 +482,13 @@ def parse_header(
             slices = 0
     header.slices = int(slices)
 
-    # Pixel size: python-mrcz divides the cell by N; MRC2014 by M (the sampling).
-    cella = np.asarray(raw["cella"], dtype=np.float32)[::-1]
+    # Pixel size of each data axis (sections, rows, columns): python-mrcz divides the cell by N;
+    # MRC2014 by M (the sampling). CELLA and M are per cell axis (X, Y, Z), which MAPC, MAPR and
+    # MAPS assign to columns, rows and sections.
+    cell_axis = data_axes_cell(header.axis_order)
+    cella = np.asarray(raw["cella"], dtype=np.float32)[cell_axis]
     n = np.array([nz, ny, nx], dtype=np.float32)
-    m = np.array([mz, my, mx], dtype=np.float32)
+    m = np.array([mx, my, mz], dtype=np.float32)[cell_axis]
     divisor = n if mrcz_layout else np.where(m > 0, m, n)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         pixelsize = float32_value(cella / divisor)

@@ -462,8 +462,9 @@ def write_with_header(input_image: Any, MRCfilename: str | os.PathLike, fields: 
         Header fields to keep as they were: ``'origin'`` (x, y, z in Å),
         ``'nxstart'``, ``'nystart'``, ``'nzstart'``, ``'labels'`` (kept before
         our own label, at most 9), ``'ispg'`` (a volume's space group, 1-230,
-        plain files only); and ``'stamp'``, a text written as a second label of
-        ours. :meth:`MRCHeader.fields` gives the others.
+        plain files only); ``'stamp'``, a text written as a second label of
+        ours; and ``'stats'``, (DMIN, DMAX, DMEAN, RMS) to write instead of
+        computing them. :meth:`MRCHeader.fields` gives the others.
 
     """
     bound = inspect.signature(writeMRC).bind(input_image, MRCfilename, **kwargs)
@@ -506,13 +507,15 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
         mode = base_mode
         layout = _plain_layout(nz, ny, nx, slices)
         compress = None
-    stats = None if quickStats else _Stats(file_dtype)
+    given = (fields or {}).get("stats")  # a source's, for data written unchanged
+    stats = None if quickStats or given is not None else _Stats(file_dtype)
     kept = _kept_fields(fields or {}, layout)
 
     def header(packed_bytes: int = 0) -> bytes:
         return build_header(
             shape=(nz, ny, nx), mode=mode, byteorder=byteorder, pixelsize_A=pixel_A,
-            stats=None if stats is None else stats.result(), voltage=float(voltage or 0.0),
+            stats=tuple(given) if given is not None else None if stats is None else stats.result(),
+            voltage=float(voltage or 0.0),
             C3=float(C3 or 0.0), gain=float(1.0 if gain is None else gain), packed_bytes=packed_bytes,
             extended_bytes=len(ext), exttyp=b"json" if ext else b"", **kept, **layout)
 

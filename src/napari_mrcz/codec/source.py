@@ -41,7 +41,7 @@ class ImageSource:
     Attributes
     ----------
     shape, dtype
-        Of the decoded data (a trailing axis of 4 for RGB).
+        Of the decoded data (a trailing axis of 3 for RGB: DM's unused 4th byte is left out).
     cache
         Decodes frames (along the first axis) on demand; ``None`` for data
         small enough to read at once (``data`` then holds it).
@@ -126,14 +126,21 @@ def _open_mrc(path: str) -> ImageSource:
     volume = h.is_volume
     extended = stack.extended_header if h.extended_bytes else None
     fields = h.fields()
+    records = (extended.as_meta() if extended is not None and extended.kind not in ("", "json")
+               else (h.json_meta or {}).get("napari_mrcz_extended"))  # kept in an MRCZ of ours
+    microscope = _microscope(fields)
+    sections = records.get("sections") if isinstance(records, dict) else None
+    ht = np.asarray(sections.get("HT", []) if isinstance(sections, dict) else [])
+    if microscope["voltage"] is None and ht.ndim == 1 and ht.size and ht.dtype.kind in "fiu" \
+            and np.isfinite(ht[0]) and ht[0] > 0:
+        microscope["voltage"] = float(ht[0]) / 1000.0  # FEI states the high tension in V
     mrcz = {
         "source": path, "format": "MRCZ" if h.is_compressed else "MRC", "compressor": h.compressor,
         "shape": list(h.shape), "dtype": h.dtype.name, "size_on_disk": stack.size_on_disk,
         "slices": h.slices, "stack": not volume and nz > 1,
-        **_microscope(fields), "meta": dict(h.json_meta or {}),
+        **microscope, "meta": dict(h.json_meta or {}),
         "header": fields, "frame_spacing": None if volume else pz,
-        "extended": extended.as_meta() if extended is not None and extended.kind not in ("", "json")
-        else None,
+        "extended": records if isinstance(records, dict) else None,
         "save": {"compressor": h.compressor or DEFAULT_SAVE_COMPRESSOR, "clevel": DEFAULT_SAVE_CLEVEL},
     }
     common = dict(path=path, dtype=h.dtype, mrcz=mrcz, slices=h.slices, stats=stats, handle=stack)
@@ -216,7 +223,10 @@ def _open_dm(path: str) -> ImageSource:
                   scale=[d[1] for d in described], units=[d[2] for d in described],
                   axis_labels=[d[0] for d in described], handle=dm)
     # memmap() maps plain numeric data (any size opens at once) and decodes the rest.
-    return ImageSource(shape=shape, data=dm.memmap(image), **common)
+    data = dm.memmap(image)
+    if image.is_rgb:  # DM's 4th byte is padding, 0, never an alpha: as alpha it would show black
+        data, shape = data[..., :3], (*shape[:-1], 3)
+    return ImageSource(shape=shape, data=data, **common)
 
 
 def convert_length(value: float, from_unit: str, to_unit: str) -> float:
