@@ -8,6 +8,7 @@ python-mrcz on the saved file, or by looking at what napari draws.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import mrcfile
 import mrcz
@@ -119,3 +120,26 @@ def test_an_fei_tilt_series_keeps_its_records_and_shows_its_voltage(viewer, tmp_
     np.testing.assert_allclose(again.metadata["mrcz"]["extended"]["sections"]["Alpha tilt"], tilts)
     with pytest.warns(UserWarning, match="FEI1 extended header .* not written to plain MRC"):
         layer.save(str(tmp_path / "tilt-plain.mrcs"), plugin=PLUGIN)
+
+
+def _every_readable_file() -> list:
+    from .test_napari import ALL_FILES, BROKEN
+
+    return [p for p in ALL_FILES if Path(p).name not in BROKEN and not Path(p).name.startswith("mrcz_")]
+
+
+@pytest.mark.parametrize("path", _every_readable_file(), ids=lambda p: Path(p).name)
+def test_every_plain_file_we_write_opens_in_mrcfile_without_permissive(viewer, tmp_path, path):
+    layers = viewer.open(path, plugin=PLUGIN)
+    for k, layer in enumerate(layers):
+        if layer.rgb:
+            continue  # refused, with a message (test_metadata)
+        out = tmp_path / f"layer{k}.mrc"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # casts and what plain MRC cannot keep are warned of
+            layer.save(str(out), plugin=PLUGIN)
+        with mrcfile.open(out) as mrc:  # raises on anything non-standard
+            shown = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+            assert mrc.data.size == shown.size
+            np.testing.assert_allclose(mrc.data.reshape(shown.shape).astype(np.float64),
+                                       shown.astype(np.float32).astype(np.float64), rtol=1e-6)
