@@ -63,17 +63,17 @@ def test_mixed_dm_calibrations_are_lengths_in_one_unit_and_survive_save(viewer, 
         np.testing.assert_array_equal(np.asarray(again.data), np.asarray(layer.data))
 
 
-def test_the_length_unit_changes_every_length_axis_and_the_saved_file_is_in_angstrom(viewer, tmp_path, rng):
+def test_the_length_unit_shows_lengths_in_it_and_the_saved_file_is_in_angstrom(viewer, tmp_path, rng):
     data = make_stack(rng, "float32", shape=(4, 24, 20))
     path = tmp_path / "v.map"
     codec.writeMRC(data, path, pixelsize=[3.0, 1.5, 1.25])
     (layer,), w = open_with_widget(viewer, path)
     w.units.value = "nm"
-    assert [str(u) for u in layer.units] == ["nanometer"] * 3
-    np.testing.assert_allclose(layer.scale, [0.3, 0.15, 0.125])
+    assert [str(u) for u in layer.units] == ["angstrom"] * 3, "the layer stays in Å"
+    np.testing.assert_allclose(layer.scale, [3.0, 1.5, 1.25])
     assert (w.pixel_z.value, w.pixel_y.value, w.pixel_x.value) == pytest.approx((0.3, 0.15, 0.125))
     w.pixel_x.value = 0.2
-    np.testing.assert_allclose(layer.scale, [0.3, 0.15, 0.2])
+    np.testing.assert_allclose(layer.scale, [3.0, 1.5, 2.0])
     out = tmp_path / "v_nm.mrc"
     layer.save(str(out), plugin=PLUGIN)
     np.testing.assert_allclose(mrcfile_voxel(out), [3.0, 1.5, 2.0], rtol=1e-6)

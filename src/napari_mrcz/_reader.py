@@ -20,7 +20,7 @@ from ._pyramid import FillingStack, LevelFill, register, wants_pyramid, watch
 from .codec.blosc_chunks import warm
 from .codec.export import source_sections
 from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels, stack_3d_factor
-from .codec.lazy import LazyStack
+from .codec.lazy import LazyStack, LazyVolumes
 from .codec.pyramid import COARSEST_BYTES
 from .codec.source import ImageSource, open_image
 
@@ -102,26 +102,29 @@ def layer_data(source: ImageSource) -> list[LayerData]:
     if source.rgb:
         return [(data, {**base, "name": name, "rgb": True}, "image")]
 
+    volumes = source.slices > 1 and source.cache is not None
+    if volumes:  # a list of multi-slice frames (python-mrcz's slices): one 4D layer, a stack of volumes
+        data = LazyVolumes(source.cache, source.slices, source.shape[1:], source.dtype)
+        z = (labels[0], scale[0], units[0]) if labels[0] != "frame" else \
+            ("z", float(source.mrcz.get("frame_spacing") or scale[1]), "Å")  # named a stack: still z-sections
+        base.update(scale=[1.0, z[1], *scale[1:]], units=_units(["", z[2], *units[1:]]),
+                    axis_labels=["volume", z[0], *labels[1:]])
     variants: list[tuple[str, Any, Callable | None]] = [(name, data, None)]
-    if source.slices > 1 and source.cache is not None:
-        s, n = source.slices, source.shape[0] // source.slices
-        variants = [(f"{name} [channel {c}]",
-                     LazyStack(source.cache, source.shape[1:], source.dtype, index=lambda i, c=c: i * s + c,
-                               n=n), None) for c in range(s)]
-        base["scale"] = [scale[0] * s, *scale[1:]]
     if np.dtype(source.dtype).kind == "c":
         real = np.float32 if np.dtype(source.dtype).itemsize == 8 else np.float64
         complex_variants = []
         for label, arr, _ in variants:
             for part, fn in (("amplitude", np.abs), ("phase", np.angle)):
-                if isinstance(arr, LazyStack):
+                if isinstance(arr, LazyVolumes):
+                    view = LazyVolumes(arr.cache, arr.slices, arr.frame_shape, real, transform=fn)
+                elif isinstance(arr, LazyStack):
                     view = LazyStack(arr.cache, arr.frame_shape, real, index=arr._index, n=arr.shape[0],
                                      transform=fn)
                 else:
                     view = fn(arr).astype(real)
                 complex_variants.append((f"{label} ({part})", view, fn))
         variants = complex_variants
-    levels = _levels(source, data) if len(variants) == 1 and variants[0][2] is None else None
+    levels = _levels(source, data) if len(variants) == 1 and variants[0][2] is None and not volumes else None
     if levels is not None:  # large: coarse levels for zooming out and for 3D
         return [(levels, {**base, "name": name, "multiscale": True,
                           "contrast_limits": _contrast(source, None)}, "image")]

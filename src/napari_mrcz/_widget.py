@@ -1,47 +1,65 @@
 """The MRCZ dock widget: what a layer's file is, its microscope metadata, how it will be saved.
 
-It follows the selected image layer and shows, apart from each other:
+It follows the selected image layer and shows it in sections, each a small
+class of its own:
 
-- **File**: what the layer was read from (format, compressor, size and ratio
-  on disk), never edited;
-- **Pixel size** of each spatial axis in its own unit (a stack's frame axis
-  has none), with one length unit for all of them;
-- **Microscope**: voltage (kV), C3 (mm) and gain, "not set" where the file
-  has no such field;
-- **Save as MRCZ…**: the compressor and clevel a save will use;
-- the **header inspector** (every header field, labels, extended header,
-  JSON, DM tags), whose per-section line follows napari's slider.
+- :class:`FileFacts`: the layer, and what it was read from (format,
+  compressor, the file's shape and type, size in memory and on disk, ratio),
+  never edited;
+- :class:`PixelSizes`: the pixel size of each spatial axis, named after the
+  layer's axis labels (a stack's frame axis has none), and the length unit
+  they are shown and typed in;
+- :class:`Microscope`: voltage (kV), C3 (mm) and gain, "not set" where the
+  file has no such field;
+- :class:`SaveSettings`: the compressor and clevel a save to MRCZ will use;
+- :class:`Actions`: "Save as MRCZ…", "Load into memory" and the **header
+  inspector** (every header field, labels, extended header, JSON, DM tags),
+  whose per-section line follows napari's slider.
 
-Every edit goes at once to the layer: the pixel size to ``layer.scale`` and
-``layer.units``, the rest to ``metadata['mrcz']``, the one place the reader
-fills and the writer reads. "Save as MRCZ…" and "Load into memory" run in
-worker threads with napari's progress bar; the load can be cancelled.
+Every edit goes at once to the layer: a pixel size to ``layer.scale`` (of
+every layer read from the same file: amplitude and phase, channels), the rest
+to ``metadata['mrcz']``, the one place the reader fills and the writer reads.
+The length unit is how sizes are shown and typed: lengths stay in the layer's
+own unit (Å, as the reader gives them), so layers keep overlaying. Layers
+whose axes have no length unit (pixels) get one when a unit is chosen.
+"Save as MRCZ…" and "Load into memory" run in worker threads with napari's
+progress bar; the load can be cancelled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from qtpy.QtCore import QTimer
+from superqt.utils import ensure_main_thread
 
 from ._inspector import HeaderInspector
-from ._reader import NAPARI_UNITS
-from ._writer import angstrom, save_layer
+from ._writer import angstrom, layer_saved, save_layer
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, LENGTH_UNITS
 
 if TYPE_CHECKING:
     import napari
+    from magicgui.widgets.bases import Widget
 
 COMPRESSORS = ["none", "lz4", "lz4hc", "zstd", "zlib", "blosclz"]
 UNITS = list(LENGTH_UNITS)
+#: The "unit" of axes that have no length unit.
+PIXELS = "px"
 #: How the widget writes napari's unit names.
 SYMBOLS = {"angstrom": "Å", "nanometer": "nm", "micrometer": "µm", "picometer": "pm"}
 NOT_SET = "not set"
-#: Decimals shown for a pixel size in each unit (0.1 pm at least).
+#: Decimals shown for a pixel size in each unit (0.01 pm at least); other units (px, eV ...) get 6.
 DECIMALS = {"Å": 4, "nm": 5, "µm": 8, "pm": 2}
+OTHER_DECIMALS = 6
+#: The names of a layer's last three axes where its axis labels are napari's defaults ("-3", "-2", "-1").
+AXIS_NAMES = {-3: "z", -2: "y", -1: "x"}
+NO_LAYER = "(select an image layer)"
 
 
 def _human(nbytes: float) -> str:
@@ -69,9 +87,20 @@ def _set_optional(box: FloatSpinBox, value: float | None) -> None:
 
 
 def unit_symbol(unit: Any) -> str:
-    """How a napari unit is written in the widget (Å, nm, µm, pm, px, eV, 1/nm ...)."""
+    """How a napari unit is written in the widget (Å, nm, µm, pm, px, eV, 1/nm ...).
+
+    Parameters
+    ----------
+    unit
+        A pint unit, its name, or ``None`` (no unit: pixels).
+
+    Returns
+    -------
+    str
+        The short form shown after a number.
+    """
     if unit is None or str(unit) == "pixel":
-        return "px"
+        return PIXELS
     try:
         return format(unit, "~P")  # pint's own short form
     except (TypeError, ValueError):
@@ -79,12 +108,456 @@ def unit_symbol(unit: Any) -> str:
 
 
 def full_size(layer: Any) -> Any:
-    """A layer's data at full size (level 0 of a multiscale layer)."""
+    """A layer's data at full size (level 0 of a multiscale layer).
+
+    Parameters
+    ----------
+    layer
+        A napari image layer.
+
+    Returns
+    -------
+    array-like
+        ``layer.data``, or its first level for a multiscale layer.
+    """
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def in_memory(layer: Any) -> bool:
+    """Whether a layer holds one plain, writable numpy array (nothing left to load).
+
+    Parameters
+    ----------
+    layer
+        A napari image layer.
+
+    Returns
+    -------
+    bool
+        ``False`` for multiscale layers, lazy stacks and memory-mapped files.
+    """
+    data = layer.data
+    return (not layer.multiscale and isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
+            and data.flags.writeable)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def proposed_save_path(name: str, source: str | None) -> str:
+    """The file "Save as MRCZ…" proposes for a layer: ``<name>.mrcz`` beside its source, never the source.
+
+    Parameters
+    ----------
+    name
+        The layer's name (``emd_3197`` for ``emd_3197.map.gz``; ``movie (amplitude)``).
+    source
+        The file the layer was read from, or ``None`` (the proposal is then
+        in the current folder).
+
+    Returns
+    -------
+    str
+        ``<folder of source>/<name>.mrcz``, or ``<name>_copy.mrcz`` where that
+        is the source itself.
+    """
+    stem = name.replace(os.sep, "_").replace("/", "_") or "image"
+    folder = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+    path = os.path.join(folder, f"{stem}.mrcz")
+    if source and _same_file(path, source):
+        path = os.path.join(folder, f"{stem}_copy.mrcz")
+    return path
+
+
+def file_summary(layer: Any, frames: bool) -> str:
+    """The File section's text: format, compressor, shape and type, sizes and ratio.
+
+    The file's own type (complex64 for an amplitude layer shown as float32)
+    and the file's own size give the ratio.
+
+    Parameters
+    ----------
+    layer
+        A napari image layer.
+    frames
+        Whether its first of three axes is frames (the count is added).
+
+    Returns
+    -------
+    str
+        Two lines: what the file is, then its sizes.
+    """
+    data, meta = full_size(layer), layer.metadata.get("mrcz") or {}
+    shown = np.dtype(data.dtype)
+    nbytes = int(np.prod(data.shape)) * shown.itemsize
+    shape = " × ".join(map(str, data.shape))
+    if not meta.get("format"):
+        return f"not from a file: {shape} {shown.name}\n{_human(nbytes)} in memory"
+    stored = np.dtype(meta.get("dtype") or shown)
+    what = meta["format"] + (f", {meta['compressor']}" if meta.get("compressor") else "")
+    text = f"{what}: {shape} {stored.name}"
+    if stored.name != shown.name:
+        text += f", shown as {shown.name}"
+    if frames:
+        text += f" ({data.shape[-3]} frames)"
+    text += f"\n{_human(nbytes)} in memory"
+    on_disk = meta.get("size_on_disk")
+    if meta.get("compressor") and on_disk:
+        raw = int(np.prod(meta.get("shape") or data.shape)) * stored.itemsize
+        if raw != nbytes:
+            text += f"; file {_human(raw)} uncompressed"
+        text += f", {_human(on_disk)} on disk, ratio {raw / on_disk:.2f}"
+    return text
+
+
+class Selection:
+    """The image layer the widget shows, and the layers read from the same file.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.layer: Any = None
+        #: True while the widget itself changes the layer or its fields (their events are its own).
+        self.syncing = False
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Change fields or layers without taking the changes for the user's edits."""
+        before, self.syncing = self.syncing, True
+        try:
+            yield
+        finally:
+            self.syncing = before
+
+    def mrcz(self) -> dict:
+        """The layer's ``metadata['mrcz']`` (created empty for layers not read from a file)."""
+        return self.layer.metadata.setdefault("mrcz", {})
+
+    def family(self) -> list[Any]:
+        """The layer and every image layer sharing its ``metadata['mrcz']`` (amplitude and phase ...)."""
+        from napari.layers import Image
+
+        meta = self.layer.metadata.get("mrcz")
+        others = [other for other in self.viewer.layers if isinstance(other, Image) and other != self.layer
+                  and meta and other.metadata.get("mrcz") is meta and other.ndim == self.layer.ndim]
+        return [self.layer, *others]
+
+    def frame_axis(self) -> bool:
+        """Whether the layer's first of three axes is frames (a stack), not z."""
+        labels = list(getattr(self.layer, "axis_labels", []) or [])
+        return self.layer.ndim >= 3 and (bool(self.mrcz().get("stack")) or labels[-3:-2] == ["frame"])
+
+
+class Section:
+    """A group of rows of the dock widget, shown and enabled together."""
+
+    rows: list[Widget]
+
+    def set_active(self, active: bool) -> None:
+        """Show and enable the rows (``False``: hide and disable them, for layers this widget cannot show).
+
+        Parameters
+        ----------
+        active
+            Whether an image layer is selected.
+        """
+        for row in self.rows:
+            row.enabled = active
+            row.visible = active
+
+
+class FileFacts(Section):
+    """The layer's name and what its file is; never edited."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.layer_name = Label(label="Layer", value=NO_LAYER)
+        self.summary = Label(label="File", value="")
+        self.rows = [self.layer_name, self.summary]
+        from qtpy.QtWidgets import QSizePolicy
+
+        for row in self.rows:  # text from the left of the value column, wrapped, as the fields below
+            row.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            row.native.setWordWrap(True)
+
+    def show(self) -> None:
+        """Show the selected layer's facts."""
+        layer = self.selection.layer
+        self.layer_name.value = layer.name
+        self.summary.value = file_summary(layer, self.selection.frame_axis())
+
+    def clear(self, layer: Any) -> None:
+        """Say why nothing is shown: no layer, or one that is not an image.
+
+        Parameters
+        ----------
+        layer
+            The selected layer (``None``: none is).
+        """
+        self.layer_name.value = NO_LAYER if layer is None else \
+            f"{layer.name}: a {layer.__class__.__name__.lower()} layer, not an image {NO_LAYER}"
+        self.summary.value = ""
+
+
+@dataclass
+class Axis:
+    """One spatial axis the widget shows a pixel size for."""
+
+    index: int  #: -3, -2 or -1
+    name: str  #: from the layer's axis labels (z, y, x where they are napari's defaults)
+    unit: Any  #: the layer's unit of the axis
+    per_unit: float | None  #: Å per unit, for lengths
+
+    @property
+    def kind(self) -> str:
+        """``'length'``, ``'pixel'`` (no unit) or ``'other'`` (eV, 1/nm ...)."""
+        if self.per_unit is not None:
+            return "length"
+        return "pixel" if unit_symbol(self.unit) == PIXELS else "other"
+
+
+class PixelSizes(Section):
+    """The pixel size of each spatial axis, shown and typed in one length unit.
+
+    The unit is the widget's, not the layer's: lengths stay in the layer's
+    own unit (Å, as the reader gives them), so layers overlay as they were.
+    Axes without a length unit (pixels) show "px"; choosing a length unit
+    then gives them that unit (stored in Å) with the sizes typed.
+    """
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.fields = {axis: FloatSpinBox(label=f"Pixel size {name}", min=10.0 ** -DECIMALS["Å"], max=1e12,
+                                          step=0.0001, value=1.0) for axis, name in AXIS_NAMES.items()}
+        # Choices from a callable: magicgui resets a combo box's choices to its first ones when docked.
+        self._choices = list(UNITS)
+        self.unit = ComboBox(label="Length unit", choices=lambda *_: self._choices, value="Å")
+        #: The unit lengths are shown and typed in.
+        self.display = "Å"
+        self.axes: dict[int, Axis] = {}
+        self.rows = [*self.fields.values(), self.unit]
+        for axis, field in self.fields.items():
+            field.changed.connect(lambda *_, axis=axis: self._edited(axis))
+        self.unit.changed.connect(self._unit_chosen)
+
+    def set_active(self, active: bool) -> None:
+        """Enable the rows; hide them all when inactive (:meth:`show` decides which rows a layer has).
+
+        Parameters
+        ----------
+        active
+            Whether an image layer is selected.
+        """
+        for row in self.rows:
+            row.enabled = active
+            if not active:
+                row.visible = False
+
+    def _axes(self) -> dict[int, Axis]:
+        sel = self.selection
+        layer = sel.layer
+        labels, units = list(layer.axis_labels), list(layer.units)
+        axes = {}
+        for axis in AXIS_NAMES:
+            if -axis > layer.ndim or (axis == -3 and sel.frame_axis()) or labels[axis] == "row":
+                continue  # frames have no size; a spectrum's "row" is one the reader added
+            name = AXIS_NAMES[axis] if labels[axis] == str(axis) else str(labels[axis])
+            axes[axis] = Axis(axis, name, units[axis], angstrom(units[axis]))
+        return axes
+
+    def show(self) -> None:
+        """Show the selected layer's pixel sizes in the widget's unit."""
+        layer = self.selection.layer
+        self.axes = self._axes()
+        scale = [float(s) for s in layer.scale]
+        with self.selection.quiet():
+            for axis, field in self.fields.items():
+                shown = self.axes.get(axis)
+                field.visible = shown is not None
+                if shown is None:
+                    continue
+                if shown.kind == "length":
+                    symbol = self.display
+                    value = scale[axis] * shown.per_unit / LENGTH_UNITS[self.display]
+                else:
+                    symbol, value = unit_symbol(shown.unit), scale[axis]
+                decimals = DECIMALS.get(symbol, OTHER_DECIMALS)
+                field.label = f"Pixel size {shown.name}"
+                field.native.setDecimals(decimals)
+                field.native.setMinimum(10.0 ** -decimals)  # a size of 0 makes napari's transforms singular
+                field.native.setSuffix(f" {symbol}")
+                field.native.setValue(value)
+            kinds = {a.kind for a in self.axes.values()}
+            self.unit.visible = bool(kinds & {"length", "pixel"})
+            self._choices = [PIXELS, *UNITS] if "pixel" in kinds else list(UNITS)
+            self.unit.reset_choices()
+            self.unit.value = PIXELS if "pixel" in kinds else self.display
+
+    def _edited(self, axis: int) -> None:
+        sel = self.selection
+        if sel.syncing or sel.layer is None or axis not in self.axes:
+            return
+        shown, value = self.axes[axis], float(self.fields[axis].value)
+        if not value > 0:  # the field's minimum refuses it; a script may still try
+            self.show()
+            return
+        size = value * LENGTH_UNITS[self.display] if shown.kind == "length" else None  # Å
+        with sel.quiet():
+            for member in sel.family():
+                scale = [float(s) for s in member.scale]
+                per_unit = angstrom(member.units[axis])
+                scale[axis] = size / per_unit if size is not None and per_unit else value
+                member.scale = scale
+
+    def _unit_chosen(self, *_: Any) -> None:
+        sel = self.selection
+        if sel.syncing or sel.layer is None or self.unit.value == PIXELS:
+            return
+        chosen = self.unit.value
+        pixels = [axis for axis, a in self.axes.items() if a.kind == "pixel"]
+        if pixels:  # give the pixel axes this unit, with the sizes typed (stored in Å, as the reader's)
+            typed = {axis: float(self.fields[axis].value) * LENGTH_UNITS[chosen] for axis in pixels}
+            with sel.quiet():
+                for member in sel.family():
+                    scale, units = [float(s) for s in member.scale], list(member.units)
+                    for axis, size in typed.items():
+                        scale[axis], units[axis] = size, "angstrom"
+                    member.units = units
+                    member.scale = scale
+        self.display = chosen
+        self.show()
+
+
+class Microscope(Section):
+    """Voltage, C3 and gain, "not set" where the file has none; edits go to ``metadata['mrcz']``."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.voltage = _optional("Voltage", 0.0, 1e4, 0.1, " kV")
+        self.c3 = _optional("C3", -1e4, 1e4, 0.01, " mm")
+        self.gain = _optional("Gain", 0.0, 1e6, 0.001, " counts/e⁻")
+        self.rows = [self.voltage, self.c3, self.gain]
+        for field in self.rows:
+            field.changed.connect(self._store)
+
+    def show(self) -> None:
+        """Show the selected layer's values."""
+        meta = self.selection.mrcz()
+        with self.selection.quiet():
+            _set_optional(self.voltage, meta.get("voltage"))
+            _set_optional(self.c3, meta.get("C3"))
+            _set_optional(self.gain, meta.get("gain"))
+
+    def _store(self, *_: Any) -> None:
+        if self.selection.syncing or self.selection.layer is None:
+            return
+        meta = self.selection.mrcz()
+        meta["voltage"], meta["C3"], meta["gain"] = (_optional_value(self.voltage),
+                                                     _optional_value(self.c3), _optional_value(self.gain))
+
+
+class SaveSettings(Section):
+    """The compressor and clevel a save to MRCZ uses (``metadata['mrcz']['save']``)."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.heading = Label(label="", value="Save as MRCZ… will use:")
+        self.compressor = ComboBox(label="Compressor", choices=COMPRESSORS, value=DEFAULT_SAVE_COMPRESSOR)
+        self.clevel = SpinBox(label="clevel", min=1, max=9, value=DEFAULT_SAVE_CLEVEL)
+        self.rows = [self.heading, self.compressor, self.clevel]
+        for field in (self.compressor, self.clevel):
+            field.changed.connect(self._store)
+
+    def show(self) -> None:
+        """Show the selected layer's save settings."""
+        save = self.selection.mrcz().get("save")
+        compressor = DEFAULT_SAVE_COMPRESSOR if save is None else save.get("compressor") or "none"
+        save = save or {}  # none: a layer not from a file, saved as zstd at level 1
+        with self.selection.quiet():
+            self.compressor.value = compressor
+            self.clevel.value = int(save.get("clevel") or DEFAULT_SAVE_CLEVEL)
+
+    def _store(self, *_: Any) -> None:
+        if self.selection.syncing or self.selection.layer is None:
+            return
+        self.selection.mrcz()["save"] = {
+            "compressor": None if self.compressor.value == "none" else self.compressor.value,
+            "clevel": int(self.clevel.value)}
+
+
+class Actions(Section):
+    """The buttons: save, load (and cancel it), and the header inspector."""
+
+    def __init__(self) -> None:
+        self.save_button = PushButton(text="Save as MRCZ…")
+        self.load_button = PushButton(text="Load into memory")
+        self.cancel_button = PushButton(text="Cancel loading", visible=False)
+        self.inspector_button = PushButton(text="Header inspector ▸")
+        self.rows = [self.save_button, self.load_button, self.cancel_button, self.inspector_button]
+
+    def set_active(self, active: bool) -> None:
+        """Enable the buttons (they stay in place, disabled, for layers this widget cannot show).
+
+        "Cancel loading" stays enabled while it is shown, whatever layer is selected.
+
+        Parameters
+        ----------
+        active
+            Whether an image layer is selected.
+        """
+        for row in self.rows:
+            if row is not self.cancel_button:
+                row.enabled = active
+
+
+def replace_with_array(viewer: napari.viewer.Viewer, layer: Any, array: np.ndarray) -> Any:
+    """Put a single-scale layer holding ``array`` in the place of ``layer`` (napari cannot make one so).
+
+    Name, scale, units, axis labels, translation, contrast, colormap and the
+    rest of the layer's state are kept, and ``metadata`` is the same dict.
+
+    Parameters
+    ----------
+    viewer
+        The viewer holding ``layer``.
+    layer
+        A multiscale image layer.
+    array
+        Its full-size data.
+
+    Returns
+    -------
+    napari.layers.Image
+        The new layer, at the old one's place in the layer list and selected.
+    """
+    from napari.layers import Image
+
+    _, state, _ = layer.as_layer_data_tuple()
+    state = {key: value for key, value in dict(state).items()
+             if key not in ("data", "multiscale", "locked_data_level")}
+    state["metadata"] = layer.metadata
+    new = Image(array, multiscale=False, **state)
+    layers = viewer.layers
+    index, step, name = list(layers).index(layer), viewer.dims.current_step, layer.name
+    layers.insert(index, new)  # before the old one goes: the view never sees an empty viewer
+    layers.remove(layer)
+    new.name = name
+    viewer.dims.current_step = step
+    layers.selection.active = new
+    return new
+
+
 class MRCZWidget(Container):
-    """File facts, pixel sizes and units, voltage, C3, gain, save settings and header of the selected layer.
+    """File facts, pixel sizes, voltage, C3, gain, save settings, actions and header of the selected layer.
 
     Parameters
     ----------
@@ -95,39 +568,32 @@ class MRCZWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
-        self.layer: Any = None
-        self._syncing = False
+        self.selection = Selection(viewer)
         self._load: Any = None  # the running "Load into memory" worker, and its layer
         self._load_layer: Any = None
         self._load_cancelled = False
         self._saves: set[Any] = set()  # running "Save as MRCZ…" workers
-        self.layer_name = Label(label="Layer", value="(select an image layer)")
-        self.summary = Label(label="File", value="")
-        self.pixel_z = FloatSpinBox(label="Pixel size z", min=0.0, max=1e12, step=0.0001, value=1.0)
-        self.pixel_y = FloatSpinBox(label="Pixel size y", min=0.0, max=1e12, step=0.0001, value=1.0)
-        self.pixel_x = FloatSpinBox(label="Pixel size x", min=0.0, max=1e12, step=0.0001, value=1.0)
-        self.units = ComboBox(label="Length unit", choices=UNITS, value="Å")
-        self.voltage = _optional("Voltage", 0.0, 1e4, 0.1, " kV")
-        self.c3 = _optional("C3", -1e4, 1e4, 0.01, " mm")
-        self.gain = _optional("Gain", 0.0, 1e6, 0.001, " counts/e⁻")
-        self.save_heading = Label(label="", value="Save as MRCZ… will use:")
-        self.compressor = ComboBox(label="Compressor", choices=COMPRESSORS, value=DEFAULT_SAVE_COMPRESSOR)
-        self.clevel = SpinBox(label="clevel", min=1, max=9, value=DEFAULT_SAVE_CLEVEL)
-        self.save_button = PushButton(text="Save as MRCZ…")
-        self.load_button = PushButton(text="Load into memory")
-        self.cancel_button = PushButton(text="Cancel loading", visible=False)
-        self.inspector_button = PushButton(text="Header inspector ▸")
-        self.extend([self.layer_name, self.summary, self.pixel_z, self.pixel_y, self.pixel_x, self.units,
-                     self.voltage, self.c3, self.gain, self.save_heading, self.compressor, self.clevel,
-                     self.save_button, self.load_button, self.cancel_button, self.inspector_button])
+        self.file = FileFacts(self.selection)
+        self.pixels = PixelSizes(self.selection)
+        self.microscope = Microscope(self.selection)
+        self.save_settings = SaveSettings(self.selection)
+        self.actions = Actions()
+        self.sections: list[Section] = [self.file, self.pixels, self.microscope, self.save_settings,
+                                        self.actions]
+        # The rows by name, as scripts and tests know them.
+        self.layer_name, self.summary = self.file.layer_name, self.file.summary
+        self.pixel_z, self.pixel_y, self.pixel_x = (self.pixels.fields[a] for a in (-3, -2, -1))
+        self.units = self.pixels.unit
+        self.voltage, self.c3, self.gain = self.microscope.voltage, self.microscope.c3, self.microscope.gain
+        s = self.save_settings
+        self.save_heading, self.compressor, self.clevel = s.heading, s.compressor, s.clevel
+        a = self.actions
+        self.save_button, self.load_button = a.save_button, a.load_button
+        self.cancel_button, self.inspector_button = a.cancel_button, a.inspector_button
+        self.extend([row for section in self.sections for row in section.rows])
         self.inspector = HeaderInspector()
         self.inspector.setVisible(False)
         self.native.layout().addWidget(self.inspector)
-        for field in (self.compressor, self.clevel, self.voltage, self.c3, self.gain):
-            field.changed.connect(self._store_fields)
-        for axis, field in ((-3, self.pixel_z), (-2, self.pixel_y), (-1, self.pixel_x)):
-            field.changed.connect(lambda *_, axis=axis, field=field: self._store_pixel_size(axis, field))
-        self.units.changed.connect(self._change_units)
         self.save_button.changed.connect(self._ask_save)
         self.load_button.changed.connect(lambda *_: self.load_into_memory())
         self.cancel_button.changed.connect(lambda *_: self.cancel_loading())
@@ -135,68 +601,49 @@ class MRCZWidget(Container):
         viewer.layers.selection.events.active.connect(self._follow)
         viewer.layers.events.removed.connect(self._layer_removed)
         viewer.dims.events.current_step.connect(self._step)
+        layer_saved.connect(self._file_saved)
         self._follow()
+
+    @property
+    def layer(self) -> Any:
+        """The image layer shown (``None`` when the selected layer is not an image)."""
+        return self.selection.layer
 
     # -- following the selected layer -----------------------------------------
     def _follow(self, *_: Any) -> None:
         from napari.layers import Image
 
-        layer = self.viewer.layers.selection.active
+        active = self.viewer.layers.selection.active
+        old = self.selection.layer
+        if old is not None:
+            for event in (old.events.scale, old.events.units, old.events.name):
+                event.disconnect(self._show)
+        self.selection.layer = active if isinstance(active, Image) else None
         if self.layer is not None:
-            self.layer.events.scale.disconnect(self._show)
-            self.layer.events.units.disconnect(self._show)
-        self.layer = layer if isinstance(layer, Image) else None
-        if self.layer is not None:
-            self.layer.events.scale.connect(self._show)
-            self.layer.events.units.connect(self._show)
+            for event in (self.layer.events.scale, self.layer.events.units, self.layer.events.name):
+                event.connect(self._show)
         self._show()
         self.inspector.show_metadata(self.layer.metadata.get("mrcz") if self.layer is not None else None)
         self._step()
 
     def mrcz(self) -> dict:
         """The selected layer's ``metadata['mrcz']`` (created empty for layers not read from a file)."""
-        return self.layer.metadata.setdefault("mrcz", {})
-
-    def _frame_axis(self) -> bool:
-        """Whether the layer's first of three axes is frames (a stack), not z."""
-        labels = list(getattr(self.layer, "axis_labels", []) or [])
-        return self.layer.ndim >= 3 and (bool(self.mrcz().get("stack")) or labels[-3:-2] == ["frame"])
+        return self.selection.mrcz()
 
     def _show(self, *_: Any) -> None:
-        enabled = self.layer is not None
-        for widget in self:
-            if widget is not self.layer_name:
-                widget.enabled = enabled
-        if not enabled:
-            self.layer_name.value = "(select an image layer)"
-            self.summary.value = ""
+        if self.selection.syncing:
             return
-        meta = self.mrcz()
-        save = meta.get("save") or {}
-        scale, units, labels = list(self.layer.scale), list(self.layer.units), list(self.layer.axis_labels)
-        self._syncing = True
-        try:
-            self.layer_name.value = self.layer.name
-            for axis, spin in ((-3, self.pixel_z), (-2, self.pixel_y), (-1, self.pixel_x)):
-                shown = -axis <= self.layer.ndim and not (axis == -3 and self._frame_axis())
-                spin.visible = shown
-                if shown:
-                    symbol = unit_symbol(units[axis])
-                    spin.label = f"Pixel size {labels[axis]}"
-                    spin.native.setDecimals(DECIMALS.get(symbol, 6))
-                    spin.native.setSuffix(f" {symbol}")
-                    spin.value = float(scale[axis])
-            lengths = [unit_symbol(u) for u in units if angstrom(u) is not None]
-            if lengths and lengths[-1] in UNITS:
-                self.units.value = lengths[-1]
-            _set_optional(self.voltage, meta.get("voltage"))
-            _set_optional(self.c3, meta.get("C3"))
-            _set_optional(self.gain, meta.get("gain"))
-            self.compressor.value = save.get("compressor") or "none"
-            self.clevel.value = int(save.get("clevel") or DEFAULT_SAVE_CLEVEL)
-        finally:
-            self._syncing = False
-        self._summarise()
+        shown = self.layer is not None
+        for section in self.sections:
+            section.set_active(shown)
+        self.file.layer_name.enabled = True
+        self.file.layer_name.visible = True
+        if not shown:
+            self.file.clear(self.viewer.layers.selection.active)
+            return
+        for section in (self.file, self.pixels, self.microscope, self.save_settings):
+            section.show()
+        self.load_button.enabled = self._load is None and not in_memory(self.layer)
         self._align_labels()
         QTimer.singleShot(0, self._align_labels)  # again once napari's style applies (first show)
 
@@ -214,21 +661,14 @@ class MRCZWidget(Container):
             label.setFixedWidth(width + 8)
 
     def _summarise(self) -> None:
-        data, meta = full_size(self.layer), self.mrcz()
-        nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
-        shape = " × ".join(map(str, data.shape))
-        if meta.get("format"):
-            what = meta["format"] + (f", {meta['compressor']}" if meta.get("compressor") else "")
-            text = f"{what}: {shape} {np.dtype(data.dtype).name}"
-            if self._frame_axis():
-                text += f" ({data.shape[-3]} frames)"
-            text += f"\n{_human(nbytes)}"
-            on_disk = meta.get("size_on_disk")
-            if meta.get("compressor") and on_disk:
-                text += f", {_human(on_disk)} on disk, ratio {nbytes / on_disk:.2f}"
-        else:
-            text = f"not from a file: {shape} {np.dtype(data.dtype).name}\n{_human(nbytes)}"
-        self.summary.value = text
+        if self.layer is not None:
+            self.file.show()
+
+    @ensure_main_thread
+    def _file_saved(self, path: str, mrcz: dict) -> None:
+        """A save (here or by *File > Save*) may have replaced the shown file: show what it is now."""
+        if self.layer is not None and self.layer.metadata.get("mrcz") is mrcz:
+            self._summarise()
 
     def _step(self, *_: Any) -> None:
         """Show the per-section record of the section on the slider."""
@@ -242,61 +682,40 @@ class MRCZWidget(Container):
         self.inspector.show_section(min(max(k, 0), full_size(self.layer).shape[-3] - 1))
 
     def show_inspector(self, visible: bool = True) -> None:
-        """Open (or close) the header inspector."""
+        """Open (or close) the header inspector.
+
+        Parameters
+        ----------
+        visible
+            ``True`` opens it, ``False`` closes it.
+        """
         self.inspector.setVisible(visible)
         self.inspector_button.text = "Header inspector ▾" if visible else "Header inspector ▸"
 
-    # -- edits -> metadata and scale ------------------------------------------
-    def _store_fields(self, *_: Any) -> None:
-        if self._syncing or self.layer is None:
-            return
-        meta = self.mrcz()
-        meta["save"] = {"compressor": None if self.compressor.value == "none" else self.compressor.value,
-                        "clevel": int(self.clevel.value)}
-        meta["voltage"], meta["C3"], meta["gain"] = (_optional_value(self.voltage),
-                                                     _optional_value(self.c3), _optional_value(self.gain))
-
-    def _store_pixel_size(self, axis: int, spin: FloatSpinBox) -> None:
-        if self._syncing or self.layer is None or -axis > self.layer.ndim:
-            return
-        scale = [float(s) for s in self.layer.scale]
-        scale[axis] = float(spin.value)
-        self._syncing = True
-        try:
-            self.layer.scale = scale
-        finally:
-            self._syncing = False
-
-    def _change_units(self, *_: Any) -> None:
-        """Express every length axis in the chosen unit (the physical size does not change)."""
-        if self._syncing or self.layer is None:
-            return
-        new = self.units.value
-        target = angstrom(NAPARI_UNITS[new])
-        scale, units = [float(s) for s in self.layer.scale], list(self.layer.units)
-        for k, unit in enumerate(units):
-            size = angstrom(unit)
-            if size is not None:
-                scale[k] *= size / target
-                units[k] = NAPARI_UNITS[new]
-        self._syncing = True
-        try:
-            self.layer.units = units
-            self.layer.scale = scale
-        finally:
-            self._syncing = False
-        self._show()
-
     # -- actions ----------------------------------------------------------------
-    def _ask_save(self, *_: Any) -> None:
+    def save_dialog(self) -> Any:
+        """The "Save as MRCZ" file dialog: ``<layer name>.mrcz`` beside the source proposed, never the source.
+
+        Returns
+        -------
+        QFileDialog
+            Not yet shown.
+        """
         from qtpy.QtWidgets import QFileDialog
 
+        start = proposed_save_path(self.layer.name, self.mrcz().get("source"))
+        dialog = QFileDialog(self.native, "Save as MRCZ", os.path.dirname(start), "MRCZ (*.mrcz)")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDefaultSuffix("mrcz")
+        dialog.selectFile(os.path.basename(start))
+        return dialog
+
+    def _ask_save(self, *_: Any) -> None:
         if self.layer is None:
             return
-        start = os.path.splitext(str(self.mrcz().get("source") or self.layer.name))[0] + ".mrcz"
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save as MRCZ", start, "MRCZ (*.mrcz)")
-        if path:
-            self.save_as(path)
+        dialog = self.save_dialog()
+        if dialog.exec() and dialog.selectedFiles():
+            self.save_as(dialog.selectedFiles()[0])
 
     @property
     def busy(self) -> bool:
@@ -306,13 +725,25 @@ class MRCZWidget(Container):
     def save_as(self, path: str) -> Any:
         """Save the selected layer as MRCZ in a worker thread; returns the started worker.
 
-        :attr:`busy` stays true until the worker's end has been handled here.
+        :attr:`busy` stays true until the worker's end has been handled here;
+        the File section then shows what the file is, if it was the layer's own.
+
+        Parameters
+        ----------
+        path
+            The file to write.
+
+        Returns
+        -------
+        FunctionWorker
+            The started worker.
         """
         from napari.qt.threading import create_worker
 
         layer = self.layer
-        attributes = {"scale": list(layer.scale), "units": list(layer.units), "multiscale": layer.multiscale,
-                      "axis_labels": list(layer.axis_labels), "metadata": layer.metadata, "rgb": layer.rgb}
+        attributes = {"name": layer.name, "scale": list(layer.scale), "units": list(layer.units),
+                      "multiscale": layer.multiscale, "axis_labels": list(layer.axis_labels),
+                      "metadata": layer.metadata, "rgb": layer.rgb}
         worker = create_worker(save_layer, path, layer.data, attributes, True, _start_thread=False)
         self._saves.add(worker)
         worker.finished.connect(lambda: self._saves.discard(worker))
@@ -322,21 +753,28 @@ class MRCZWidget(Container):
     def load_into_memory(self) -> Any:
         """Decode the whole stack in a worker thread (with a progress bar); returns the worker.
 
-        The layer's data is replaced in the main thread once the worker has
-        returned, unless :meth:`cancel_loading` was called before: a cancel is
-        never lost, however late in the load it comes. While a load runs,
+        The layer then holds one writable numpy array: its data is replaced
+        in the main thread once the worker has returned, and a multiscale
+        layer is replaced by a single-scale one (napari cannot change a
+        layer's kind) with the same name, place, scale, units, contrast and
+        metadata. Not if :meth:`cancel_loading` was called before: a cancel
+        is never lost, however late in the load it comes. While a load runs,
         calling this again returns the running worker.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            ``None`` where there is nothing to load (no image layer, or one
+            in memory already).
         """
         from napari.qt.threading import create_worker
 
         layer = self.layer
         if self._load is not None:
             return self._load
-        if layer is None:
+        if layer is None or in_memory(layer):
             return None
         data = full_size(layer)
-        if isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
-            return None
         n = int(data.shape[0])
 
         def decode():
@@ -350,8 +788,13 @@ class MRCZWidget(Container):
                                _start_thread=False)
 
         def loaded(array: np.ndarray) -> None:
-            if self._load is worker and not self._load_cancelled:
-                layer.data = [array, *list(layer.data)[1:]] if layer.multiscale else array
+            if self._load is not worker or self._load_cancelled:
+                return
+            if layer.multiscale:
+                self._load_layer = None  # its removal is no cancel
+                replace_with_array(self.viewer, layer, array)
+            else:
+                layer.data = array
                 if layer == self.layer:  # napari hands plugins proxies: compare, not `is`
                     self._summarise()
 
@@ -359,11 +802,14 @@ class MRCZWidget(Container):
             if self._load is worker:
                 self._load = self._load_layer = None
                 self.cancel_button.visible = False
+                if self.layer is not None:
+                    self.load_button.enabled = not in_memory(self.layer)
 
         worker.returned.connect(loaded)
         worker.finished.connect(ended)
         self._load, self._load_layer, self._load_cancelled = worker, layer, False
         self.cancel_button.visible = True
+        self.load_button.enabled = False
         worker.start()
         return worker
 

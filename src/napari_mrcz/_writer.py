@@ -13,10 +13,12 @@ saving over the file a layer is reading from is safe.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from typing import Any
 
 import numpy as np
+from psygnal import SignalInstance
 
 from .codec.export import (
     AXES_KEY,
@@ -24,8 +26,13 @@ from .codec.export import (
     json_axes,
     mrc_pixel_size,
     reads_the_source,
+    stored_dtype,
     write_image,
 )
+
+#: Emitted as ``(path, mrcz)`` after each save, in the saving thread, with the saved layer's
+#: ``metadata['mrcz']`` (the dock widget refreshes what it shows of the file).
+layer_saved = SignalInstance((str, object), name="layer_saved")
 
 
 def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
@@ -100,6 +107,48 @@ def pixel_size(attributes: dict, ndim: int, stack: bool, frame_spacing: float | 
                           frame_spacing)
 
 
+def _narrowing_notice(path: str, data: Any, attributes: dict) -> None:
+    """Tell the user, in napari, when the file keeps fewer digits than the layer (float64 as float32).
+
+    Every time such a layer is saved (napari's notification, not a warning
+    Python or napari would show once).
+    """
+    given = np.dtype(data.dtype)
+    try:
+        stored = stored_dtype(given)
+    except TypeError:  # a type MRC cannot store: write_image says so
+        return
+    if given.kind in "fc" and stored.itemsize < given.itemsize:
+        from napari.utils.notifications import show_warning
+
+        name = attributes.get("name") or os.path.basename(path)
+        show_warning(f"{os.path.basename(path)}: {name} is {given.name}, which MRC cannot store: saved as "
+                     f"{stored.name} (about 7 significant digits)")
+
+
+def _saved_over_source(path: str, attributes: dict) -> None:
+    """After a save over the file a layer was read from, its ``metadata['mrcz']`` says what that file is now.
+
+    Format, compressor, type, shape and size on disk are the new file's (the
+    layer's own, in place, shared by the layers read from the same file).
+    """
+    live = (attributes.get("metadata") or {}).get("mrcz")
+    source = live.get("source") if isinstance(live, dict) else None
+    if not source:
+        return
+    try:
+        same = os.path.samefile(path, source)
+    except OSError:
+        return
+    if same:
+        from .codec.stack import MRCStack
+
+        with MRCStack(path) as stack:
+            h = stack.header
+            live.update(format="MRCZ" if h.is_compressed else "MRC", compressor=h.compressor,
+                        dtype=h.dtype.name, shape=list(h.shape), size_on_disk=stack.size_on_disk)
+
+
 def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
     """Write one image layer's data and attributes to ``path``; returns the path."""
     if attributes.get("rgb"):
@@ -112,6 +161,7 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
         warnings.warn(f"{path}: float16 MRCZ (mode 12) is written, which python-mrcz 0.6.0 cannot read "
                       "(mrcfile, IMOD and napari-mrcz can); convert the layer to float32 for python-mrcz",
                       UserWarning, stacklevel=2)
+    _narrowing_notice(path, data, attributes)
     metadata = dict(attributes.get("metadata") or {})
     mrcz = dict(metadata.pop("mrcz", None) or {})
     labels = list(attributes.get("axis_labels") or [])
@@ -123,4 +173,6 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
     write_image(data, path, {**mrcz, "slices": 0}, pixel_size(attributes, data.ndim, stack,
                                                               mrcz.get("frame_spacing")),
                 stack=stack, compressed=compressed, extra_meta=extra, unchanged=reads_the_source(data, mrcz))
+    _saved_over_source(path, attributes)
+    layer_saved.emit(path, (attributes.get("metadata") or {}).get("mrcz"))
     return path

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from .dm import DMFile
-from .lazy import LazyStack
+from .lazy import LazyStack, LazyVolumes
 from .mrc import _file_dtype, write_with_header
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource
 from .stack import MRCStack
 
-#: Header fields of the source file written back unchanged.
-KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg")
+#: Header fields of the source file written back unchanged (the axis order and cell angles of
+#: data written as one array: see :func:`~napari_mrcz.codec.mrc.write_with_header`).
+KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg", "mapc", "mapr", "maps", "cellb")
 #: The JSON metadata key of a source's per-section records (FEI1/FEI2/SerialEM extended header).
 EXTENDED_KEY = "napari_mrcz_extended"
 #: The JSON metadata key of axes an MRC header cannot hold (energy, time ...): see :func:`json_axes`.
@@ -80,6 +81,8 @@ class Frame:
         return np.asarray(self.data[self.i], dtype=dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):  # one section of a 3D frame (a volume): only it is read
+            return np.asarray(self.data[self.i, int(key)])
         return np.asarray(self.data[self.i])[key]
 
 
@@ -128,6 +131,8 @@ def reads_the_source(data: Any, mrcz: dict) -> bool:
     shape = tuple(mrcz.get("shape") or ())
     if not shape or int(np.prod(shape)) != int(np.prod(getattr(data, "shape", (0,)))):
         return False
+    if isinstance(data, LazyVolumes):  # a list of multi-slice frames, as 4D
+        return data._transform is None and data.shape[0] * data.shape[1] == shape[0]
     if isinstance(data, LazyStack):
         return data._transform is None and data.shape[0] == shape[0]
     return isinstance(data, np.memmap) and not data.flags.writeable and data.filename is not None \
@@ -257,7 +262,7 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     if stamp:
         fields["stamp"] = stamp
     stats = tuple(header.get(k) for k in ("dmin", "dmax", "dmean", "rms"))
-    if unchanged and None not in stats and stats[1] >= stats[0]:  # the source had them: as they were
+    if unchanged and _determined(stats):  # the source had them: as they were
         fields["stats"] = stats
     slices = int(mrcz.get("slices") or 0)
     if data.ndim > 3:
@@ -276,6 +281,18 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
                       C3=0.0 if c3 is None else float(c3), gain=0.0 if gain is None else float(gain),
                       compressor=compressor, clevel=clevel, backend=backend, dtype=dtype,
                       quickStats=False)
+
+
+def _determined(stats: tuple) -> bool:
+    """Whether a header's (DMIN, DMAX, DMEAN, RMS) describe data: not MRC2014's "not computed" marks.
+
+    python-mrcz's quick statistics (RMS 0 and DMEAN the mid-range, for data
+    that is not constant) are not: they are computed again.
+    """
+    if None in stats or not all(np.isfinite(v) for v in stats):
+        return False
+    lo, hi, mean, rms = (float(v) for v in stats)
+    return lo <= mean <= hi and rms >= 0 and (rms > 0 or lo == hi)
 
 
 def _json_values(values: Any) -> list:
@@ -298,7 +315,11 @@ class _Grouped:
 
         self._last: tuple[int, np.ndarray] | None = None
 
-    def __getitem__(self, j: int) -> np.ndarray:
+    def __getitem__(self, j: int | tuple) -> np.ndarray:
+        if isinstance(j, tuple) and len(j) >= 2 and isinstance(j[1], (int, np.integer)):  # one section
+            return np.asarray(self.data[int(j[0]) * self.slices + int(j[1])])[j[2:]]
+        if isinstance(j, tuple):
+            return self[j[0]][j[1:]]
         if self._last is None or self._last[0] != j:  # the writer asks for each section of a frame
             first = j * self.slices
             self._last = (j, np.stack([np.asarray(self.data[first + k]) for k in range(self.slices)]))

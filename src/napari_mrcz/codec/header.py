@@ -525,6 +525,8 @@ def build_header(
     labels: list[bytes] | None = None,
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
     start: tuple[int, int, int] = (0, 0, 0),
+    axis_order: tuple[int, int, int] = STANDARD_AXIS_ORDER,
+    angles: tuple[float, float, float] = (90.0, 90.0, 90.0),
 ) -> bytes:
     """Build a 1024-byte MRC2014 header.
 
@@ -537,9 +539,11 @@ def build_header(
     byteorder
         ``'<'`` or ``'>'``.
     pixelsize_A
-        Pixel size (z, y, x) in Å.
+        Pixel size of each data axis (sections, rows, columns: z, y, x) in Å.
     sampling
-        (mz, my, mx).
+        (mz, my, mx) of the data axes (sections, rows, columns); stored as
+        MZ, MY, MX as they are in python-mrcz's layout (``cell_sampling``
+        given: MZ holds its slices), else by cell axis, as ``axis_order`` says.
     cell_sampling
         The cell is ``pixelsize * cell_sampling``: ``sampling`` in MRC2014
         (the default), the dimensions in python-mrcz's compressed files.
@@ -554,18 +558,31 @@ def build_header(
         ORIGIN (x, y, z), Å.
     start
         NXSTART, NYSTART, NZSTART.
+    axis_order
+        MAPC, MAPR, MAPS: the cell axis (1 X, 2 Y, 3 Z) of columns, rows and
+        sections. The cell lengths (and MRC2014's sampling) of each data axis
+        are stored under its cell axis.
+    angles
+        CELLB, the cell angles α, β, γ in degrees.
 
     """
     dt = HEADER_DTYPE if byteorder == "<" else HEADER_DTYPE.newbyteorder(">")
     h = np.zeros((), dtype=dt)
     nz, ny, nx = shape
-    mz, my, mx = sampling
     h["nx"], h["ny"], h["nz"], h["mode"] = nx, ny, nz, mode
-    h["mx"], h["my"], h["mz"] = mx, my, mz
+    cell_axis = data_axes_cell(axis_order)  # of sections, rows, columns
+    if cell_sampling is None:  # MRC2014: M per cell axis
+        m = np.zeros(3, dtype=np.int64)
+        m[cell_axis] = sampling
+        h["mx"], h["my"], h["mz"] = m
+    else:  # python-mrcz: MZ is its slices per frame, whatever the axis order
+        h["mz"], h["my"], h["mx"] = sampling
     cell_sampling = sampling if cell_sampling is None else cell_sampling
-    h["cella"] = (np.asarray(pixelsize_A, dtype=np.float64) * np.array(cell_sampling))[::-1]
-    h["cellb"] = 90.0
-    h["mapc"], h["mapr"], h["maps"] = 1, 2, 3
+    cella = np.zeros(3, dtype=np.float64)
+    cella[cell_axis] = np.asarray(pixelsize_A, dtype=np.float64) * np.array(cell_sampling)
+    h["cella"] = cella
+    h["cellb"] = angles
+    h["mapc"], h["mapr"], h["maps"] = axis_order
     if stats is None:
         h["dmin"], h["dmax"], h["dmean"], h["rms"] = 0.0, -1.0, -2.0, -1.0
     else:

@@ -315,6 +315,10 @@ class LazyStack:
         # level as data[:, y0:y1, x0:x1] before it picks the plane it shows.
         return self._view(frames, rest)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(f"{self!r} is read from its file frame by frame and cannot be edited: load it into "
+                        "memory first (the MRCZ widget's \"Load into memory\", or np.asarray(stack))")
+
     def _view(self, frames: np.ndarray, rest: tuple) -> LazyStack:
         inner, index = self._transform, self._index
         box = self._region_box(rest)
@@ -333,4 +337,89 @@ class LazyStack:
         out = np.empty(self.shape, dtype=self.dtype)
         for k in range(self.shape[0]):
             out[k] = self.frame(k)
+        return out if dtype is None else out.astype(dtype)
+
+
+class LazyVolumes:
+    """An array of shape ``(n, slices, *frame_shape)``: a stack of volumes whose sections decode on demand.
+
+    Volume ``j`` is sections ``j * slices`` ... ``(j + 1) * slices - 1`` of a
+    section cache: python-mrcz's list of multi-slice frames (``slices`` in
+    MZ), read back as the 4D array it was written from. Indexing decodes only
+    the sections asked for (``data[j, k]`` one section, ``data[j]`` one
+    volume) and returns numpy arrays.
+
+    Parameters
+    ----------
+    cache
+        Where sections come from (``cache.n`` of them, a whole number of volumes).
+    slices
+        Sections per volume.
+    frame_shape
+        Shape of one section.
+    dtype
+        Type of the sections (of the result of ``transform``, if given).
+    transform
+        Applied to each section (amplitude or phase of complex data).
+    """
+
+    def __init__(self, cache: FrameCache, slices: int, frame_shape: tuple[int, ...], dtype: Any, *,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        if slices < 1 or cache.n % slices:
+            raise ValueError(f"{cache.n} sections are not a whole number of {slices}-section volumes")
+        self.cache, self.slices = cache, int(slices)
+        self.frame_shape = tuple(frame_shape)
+        self.dtype = np.dtype(dtype)
+        self._transform = transform
+        self.shape = (cache.n // self.slices, self.slices, *self.frame_shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole stack once decoded."""
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyVolumes(shape={self.shape}, dtype={self.dtype})"
+
+    def volume(self, j: int) -> LazyStack:
+        """Volume ``j`` (negative counts from the end), lazily: a stack of its ``slices`` sections."""
+        n = self.shape[0]
+        if not -n <= j < n:
+            raise IndexError(f"volume {j} out of range for {n} volumes")
+        first = (j % n) * self.slices
+        return LazyStack(self.cache, self.frame_shape, self.dtype, index=lambda k: first + k, n=self.slices,
+                         transform=self._transform)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(j for j, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if isinstance(first, (int, np.integer)):
+            return np.asarray(self.volume(int(first))[rest] if rest else self.volume(int(first)))
+        volumes = np.arange(self.shape[0])[first]
+        if volumes.ndim != 1:
+            raise IndexError(f"unsupported index {first!r} for the volume axis")
+        parts = [np.asarray(self.volume(int(j))[rest] if rest else self.volume(int(j))) for j in volumes]
+        if parts:
+            return np.stack(parts)
+        return np.empty((0, *np.broadcast_to(np.empty((), bool), self.shape[1:])[rest].shape), self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
         return out if dtype is None else out.astype(dtype)

@@ -31,7 +31,9 @@ from .header import (
     REVERSE_CCPEM_ENUM,
     REVERSE_COMPRESSOR_ENUM,
     angstrom_per_unit,
+    axis_order,
     build_header,
+    data_axes_cell,
 )
 from .stack import MRCStack
 
@@ -461,9 +463,12 @@ def write_with_header(input_image: Any, MRCfilename: str | os.PathLike, fields: 
     fields
         Header fields to keep as they were: ``'origin'`` (x, y, z in Å),
         ``'nxstart'``, ``'nystart'``, ``'nzstart'``, ``'labels'`` (kept before
-        our own label, at most 9), ``'ispg'`` (a volume's space group, 1-230,
-        plain files only); ``'stamp'``, a text written as a second label of
-        ours; and ``'stats'``, (DMIN, DMAX, DMEAN, RMS) to write instead of
+        our own label, at most 9), ``'ispg'`` (a volume's space group,
+        1-230); for data written as one array, not a list of frames,
+        ``'mapc'``, ``'mapr'``, ``'maps'`` (the cell axis of columns, rows
+        and sections: each data axis's pixel size is stored under its cell
+        axis) and ``'cellb'`` (the cell angles); ``'stamp'``, a text written
+        as a second label of ours; and ``'stats'``, (DMIN, DMAX, DMEAN, RMS) to write instead of
         computing them. :meth:`MRCHeader.fields` gives the others.
 
     """
@@ -509,7 +514,7 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
         compress = None
     given = (fields or {}).get("stats")  # a source's, for data written unchanged
     stats = None if quickStats or given is not None else _Stats(file_dtype)
-    kept = _kept_fields(fields or {}, layout)
+    kept = _kept_fields(fields or {}, layout, one_array=slices == 0, volume=slices == 0 and nz > 1)
 
     def header(packed_bytes: int = 0) -> bytes:
         return build_header(
@@ -528,8 +533,14 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
         f.write(header(writer.packed_bytes if compress is not None else 0))
 
 
-def _kept_fields(fields: Mapping[str, Any], layout: dict) -> dict:
-    """build_header's labels, origin and start from a source file's fields; may set ISPG in ``layout``."""
+def _kept_fields(fields: Mapping[str, Any], layout: dict, one_array: bool = False,
+                 volume: bool = False) -> dict:
+    """build_header's labels, origin, start, axis order and angles from a source's fields; may set ISPG.
+
+    The axis order (MAPC, MAPR, MAPS) and cell angles are kept for data
+    written as one array (not a list of frames, whose MZ may hold python-mrcz's
+    slices), a volume's space group (1-230, in ``layout``) for a 3D array.
+    """
     labels = [str(t).encode("latin-1", "replace") for t in fields.get("labels") or []
               if "napari-mrcz" not in str(t)]  # our stamp of an earlier save is replaced by this one
     ours = [_label()]
@@ -540,8 +551,15 @@ def _kept_fields(fields: Mapping[str, Any], layout: dict) -> dict:
         kept["origin"] = tuple(float(v) for v in fields["origin"])
     kept["start"] = tuple(int(fields.get(k) or 0) for k in ("nxstart", "nystart", "nzstart"))
     ispg = fields.get("ispg")
-    if layout.get("ispg") == 1 and isinstance(ispg, int) and 1 <= ispg <= 230:
+    if volume and isinstance(ispg, int) and 1 <= ispg <= 230:
         layout["ispg"] = ispg
+    order = tuple(fields.get(k) or 0 for k in ("mapc", "mapr", "maps"))
+    if one_array and all(isinstance(k, int) for k in order):
+        kept["axis_order"] = axis_order(*order)
+    angles = fields.get("cellb")
+    if one_array and angles is not None and len(angles) == 3 and all(
+            isinstance(a, (int, float)) and 0.0 < a < 180.0 for a in angles):
+        kept["angles"] = tuple(float(a) for a in angles)
     return kept
 
 
@@ -591,14 +609,16 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
         new_nz = max(nz, idx + count)
         raw = np.array(h.raw).copy()
         raw["nz"] = new_nz
+        along = data_axes_cell(h.axis_order)[0]  # the cell axis sections run along (Z unless MAPS says)
+        m_along = ("mx", "my", "mz")[along]
         if h.is_compressed or h.written_by == "python-mrcz":
-            raw["cella"][2] = h.pixelsize[0] * new_nz
-        elif (int(raw["mz"]) == nz and nz > 1 or int(h.raw["ispg"]) == 1
+            raw["cella"][along] = h.pixelsize[0] * new_nz
+        elif (int(raw[m_along]) == nz and nz > 1 or int(h.raw["ispg"]) == 1
               or nz == 1 and sections.slices == 0):
             # A volume grows in z; so does a single image that arrays are appended
             # to, frame by frame: it reads back as one (n, ny, nx) array, as in python-mrcz.
-            raw["mz"] = new_nz
-            raw["cella"][2] = h.pixelsize[0] * new_nz
+            raw[m_along] = new_nz
+            raw["cella"][along] = h.pixelsize[0] * new_nz
         raw["dmin"], raw["dmax"], raw["dmean"], raw["rms"] = 0.0, -1.0, -2.0, -1.0
     with open(path, "r+b", buffering=0) as f:
         try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import positioned
 from .dm import DMFile
+from .header import data_axes_cell
 from .lazy import FrameCache
 from .stack import MRCStack
 
@@ -49,7 +50,10 @@ class ImageSource:
         One per axis of ``shape`` (not the RGB channel axis). Every length is
         in Å, whatever unit the file uses, so that all spatial axes of a layer
         share one unit; a stack's first axis is ``'frame'``, with scale 1 and
-        no unit. Non-length axes (eV, 1/nm, s) keep the file's units.
+        no unit. Non-length axes (eV, 1/nm, s) keep the file's units. MRC
+        axes stay in the file's order and are named after the cell axis they
+        run along (``'z'``, ``'y'``, ``'x'`` in the standard order; MAPC, MAPR,
+        MAPS may say otherwise), each with its own spacing.
     mrcz
         What the file says, as the napari layer keeps it in ``metadata['mrcz']``:
         ``format``, ``compressor`` (of the file), ``size_on_disk``, ``shape``,
@@ -123,6 +127,9 @@ def _open_mrc(path: str) -> ImageSource:
     lo, hi = float(raw["dmin"]), float(raw["dmax"])
     stats = (lo, hi) if hi > lo and np.isfinite([lo, hi]).all() else None
     pz, py, px = (float(v) for v in h.pixelsize)
+    # Each data axis is named after the cell axis it runs along: z, y, x unless MAPC, MAPR, MAPS
+    # say otherwise (EMD-3001's 3, 1, 2: sections along y, rows along x, columns along z).
+    lz, ly, lx = ("xyz"[k] for k in data_axes_cell(h.axis_order))
     volume = h.is_volume
     extended = stack.extended_header if h.extended_bytes else None
     fields = h.fields()
@@ -151,12 +158,12 @@ def _open_mrc(path: str) -> ImageSource:
     if nz == 1:
         data = mapped[0] if mapped is not None else stack.read(0, 1)[0]
         if ny == 1:  # a spectrum or a profile: one axis, as readMRC returns it
-            axes = _json_axes(h.json_meta, ["x"], [px], ["Å"])
+            axes = _json_axes(h.json_meta, [lx], [px], ["Å"])
             return ImageSource(shape=(nx,), data=data[0], **axes, **common)
-        axes = _json_axes(h.json_meta, ["y", "x"], [py, px], ["Å", "Å"])
+        axes = _json_axes(h.json_meta, [ly, lx], [py, px], ["Å", "Å"])
         return ImageSource(shape=(ny, nx), data=data, **axes, **common)
-    first = ("z", pz, "Å") if volume else ("frame", 1.0, "")
-    axes = _json_axes(h.json_meta, [first[0], "y", "x"], [first[1], py, px], [first[2], "Å", "Å"])
+    first = (lz, pz, "Å") if volume else ("frame", 1.0, "")
+    axes = _json_axes(h.json_meta, [first[0], ly, lx], [first[1], py, px], [first[2], "Å", "Å"])
     spatial = dict(shape=(nz, ny, nx), **axes)
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
