@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import mrcz
 import numcodecs
 import numpy as np
 import pytest
 
+from napari_mrcz import codec, samples
+from napari_mrcz.codec import MRCStack
 from napari_mrcz.codec.precision import (
+    PRECISION_KEY,
     Rounding,
     auto_keepbits,
     check_keepbits,
@@ -26,7 +30,8 @@ def test_rounding_equals_numcodecs_bitround_bit_for_bit(rng, keepbits):
     round_mantissa(ours, keepbits)
     theirs = values.copy() if keepbits == 23 else np.frombuffer(
         numcodecs.BitRound(keepbits).encode(values.copy()), np.float32)
-    np.testing.assert_array_equal(ours.view(np.uint32), np.asarray(theirs).view(np.uint32))
+    theirs = np.asarray(theirs).reshape(ours.shape)  # plain MRC volumes: python-mrcz reads MZ as slices
+    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
 
 
 def test_nan_stays_nan_and_ties_go_to_even():
@@ -87,3 +92,69 @@ def test_a_rounding_leaves_the_callers_data_alone_and_records_what_it_kept(rng):
     assert record["lossy"] and record["max_error"] == 0.01 and record["keepbits"][0] == 23
     assert 0 < record["keepbits"][1] < 23
     assert len(str(rounding.placeholder())) >= len(str(record))
+
+
+# -- writeMRC(keepbits=...) -----------------------------------------------------------
+def _labels(path) -> list[str]:
+    with MRCStack(path) as stack:
+        return stack.header.labels
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "lz4", None])
+def test_a_rounded_file_reads_the_same_in_python_mrcz_and_says_it_is_lossy(tmp_path, compressor):
+    volume = samples.tomogram(8, 128)
+    path = tmp_path / ("rounded.mrcz" if compressor else "rounded.mrc")
+    codec.writeMRC(volume, path, compressor=compressor, keepbits=8, pixelsize=[10.0, 10.0, 10.0])
+    ours, meta = codec.readMRC(path)
+    theirs, their_meta = mrcz.readMRC(str(path))
+    theirs = np.asarray(theirs).reshape(ours.shape)  # plain MRC volumes: python-mrcz reads MZ as slices
+    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    want = volume.copy()
+    round_mantissa(want, 8)
+    np.testing.assert_array_equal(ours.view(np.uint32), want.view(np.uint32))
+    assert np.max(np.abs(ours - volume) / np.abs(volume)) <= 2.0 ** -9, "half an ulp of 8 bits at most"
+    assert any(label.startswith("lossy: float mantissas rounded to 8 of 23 bits") for label in _labels(path))
+    if compressor:
+        assert meta[PRECISION_KEY] == their_meta[PRECISION_KEY] == {"lossy": True, "keepbits": 8,
+                                                                    "mantissa_bits": 23}
+
+
+def test_rounding_pays_and_lossless_stays_the_default(tmp_path):
+    volume = samples.tomogram(8, 256)
+    codec.writeMRC(volume, tmp_path / "exact.mrcz", compressor="zstd")
+    codec.writeMRC(volume, tmp_path / "eight.mrcz", compressor="zstd", keepbits=8)
+    exact, meta = codec.readMRC(tmp_path / "exact.mrcz")
+    np.testing.assert_array_equal(exact, volume)
+    assert PRECISION_KEY not in meta and not any("lossy" in t for t in _labels(tmp_path / "exact.mrcz"))
+    ratio = (tmp_path / "exact.mrcz").stat().st_size / (tmp_path / "eight.mrcz").stat().st_size
+    assert ratio > 1.8, f"8 of 23 mantissa bits: {ratio:.2f}x smaller than lossless"
+
+
+def test_auto_records_the_bits_of_each_section_and_max_error(tmp_path, rng):
+    quiet = np.full((64, 64), 100.0, np.float32) + rng.normal(size=(64, 64)).astype(np.float32) * 0.01
+    noisy = np.full((64, 64), 100.0, np.float32) + rng.normal(size=(64, 64)).astype(np.float32) * 10.0
+    path = tmp_path / "auto.mrcz"
+    codec.writeMRC(np.stack([quiet, noisy]), path, compressor="zstd", keepbits="auto", max_error=0.05)
+    _, meta = mrcz.readMRC(str(path))  # python-mrcz parses the JSON we rewrote in place
+    record = meta[PRECISION_KEY]
+    assert record["max_error"] == 0.05 and len(record["keepbits"]) == 2
+    assert record["keepbits"] == [auto_keepbits(quiet, 0.05), auto_keepbits(noisy, 0.05)]
+    assert record["keepbits"][0] > record["keepbits"][1], "less noise: more bits kept"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "uint16", "int32"])
+def test_keepbits_on_integer_data_is_a_clear_value_error(tmp_path, dtype):
+    with pytest.raises(ValueError, match="stored exactly already"):
+        codec.writeMRC(np.zeros((2, 4, 4), dtype), tmp_path / "x.mrcz", compressor="zstd", keepbits=4)
+    assert not (tmp_path / "x.mrcz").exists()
+
+
+def test_resaving_keeps_the_record_and_rounds_no_further_unless_asked(tmp_path):
+    volume = samples.tomogram(4, 64)
+    codec.writeMRC(volume, tmp_path / "a.mrcz", compressor="zstd", keepbits=10)
+    data, meta = codec.readMRC(tmp_path / "a.mrcz")
+    meta_json = {k: meta[k] for k in (PRECISION_KEY,)}
+    codec.writeMRC(data, tmp_path / "b.mrcz", compressor="zstd", meta=meta_json)
+    again, meta_b = codec.readMRC(tmp_path / "b.mrcz")
+    np.testing.assert_array_equal(again, data)
+    assert meta_b[PRECISION_KEY]["keepbits"] == 10

@@ -35,6 +35,7 @@ from .header import (
     build_header,
     data_axes_cell,
 )
+from .precision import PRECISION_KEY, Rounding
 from .stack import MRCStack
 
 logger = logging.getLogger("napari_mrcz.codec")
@@ -332,13 +333,18 @@ class _SectionWriter:
 
     def __init__(self, f: BinaryIO, file_dtype: np.dtype, mode: int,
                  compress: blosc_chunks.Compressor | None, stats: _Stats | None,
-                 n_threads: int = 1) -> None:
+                 n_threads: int = 1, rounding: Rounding | None = None) -> None:
         self.f, self.file_dtype, self.mode = f, file_dtype, mode
         self.compress, self.stats, self.n_threads = compress, stats, n_threads
+        self.rounding = rounding
         self.packed_bytes = 0
 
     def _encode(self, sections: _Sections, i: int) -> tuple[Any, np.ndarray]:
-        section = sections.section(i, sections.dtype if self.mode == MODE_UINT4 else self.file_dtype)
+        if self.rounding is not None:  # rounded in native order (a copy), then in the file's
+            native = self.rounding.apply(i, sections.section(i, self.file_dtype.newbyteorder("=")))
+            section = native.astype(self.file_dtype, copy=False)
+        else:
+            section = sections.section(i, sections.dtype if self.mode == MODE_UINT4 else self.file_dtype)
         payload: Any = _pack_uint4(section) if self.mode == MODE_UINT4 else section
         if self.compress is not None:
             return self.compress(payload), section
@@ -346,7 +352,7 @@ class _SectionWriter:
 
     def write_all(self, sections: _Sections, first: int, count: int) -> None:
         """Write sections ``first .. first + count - 1`` at the file's position."""
-        if self.compress is None and self._write_contiguous(sections, first, count):
+        if self.compress is None and self.rounding is None and self._write_contiguous(sections, first, count):
             return
         session = self.compress.session() if self.compress is not None else contextlib.nullcontext()
         with session, ThreadPoolExecutor(self.n_threads, thread_name_prefix="mrcz-write") as pool:
@@ -392,7 +398,8 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
              pixelsize: Sequence[float] | float = [0.1, 0.1, 0.1], pixelunits: str = "\\AA",  # noqa: B006
              shape: tuple | None = None, voltage: float = 0.0, C3: float = 0.0, gain: float = 1.0,
              compressor: str | None = None, clevel: int = 1, n_threads: int | None = None,
-             quickStats: bool = True, idx: int | None = None, backend: str | None = None) -> None:
+             quickStats: bool = True, idx: int | None = None, backend: str | None = None,
+             keepbits: int | str | None = None, max_error: float = 0.01) -> None:
     r"""Write an MRC file, or a compressed MRCZ file.
 
     The file is written to a temporary file beside it and renamed into place,
@@ -440,13 +447,26 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
     backend
         ``'blosc1'`` (default: version-2 chunks every MRCZ reader knows) or
         ``'blosc2'`` (version-5 chunks, needs python-mrcz >= 0.6 to read).
+    keepbits
+        ``None`` (default): lossless. A whole number ``N`` rounds float
+        mantissas to their ``N`` leading bits (0-23 for float32, 0-10 for
+        float16, each part of a complex value), to nearest, ties to even,
+        before compression: lossy, and recorded in the JSON metadata
+        (``napari_mrcz_precision``) and in a label. ``'auto'`` picks, for
+        each section, the fewest bits whose RMS rounding error is at most
+        ``max_error`` of the section's noise level (see
+        :mod:`napari_mrcz.codec.precision`). Every MRCZ reader reads the result.
+    max_error
+        For ``keepbits='auto'``: the RMS rounding error allowed, as a fraction
+        of the noise level.
 
     Raises
     ------
     TypeError
         The data type cannot be stored in MRC.
     ValueError
-        Inconsistent arguments, or ``idx`` does not fit the existing file.
+        Inconsistent arguments, ``idx`` does not fit the existing file, or
+        ``keepbits`` for integer data (stored exactly already).
 
     """
     _write_mrc(**locals())
@@ -481,6 +501,7 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
                dtype: Any, pixelsize: Any, pixelunits: str, shape: Any, voltage: float, C3: float,
                gain: float, compressor: str | None, clevel: int, n_threads: int | None,
                quickStats: bool, idx: int | None, backend: str | None,
+               keepbits: int | str | None = None, max_error: float = 0.01,
                fields: Mapping[str, Any] | None = None) -> None:
     path = os.fspath(MRCfilename)
     if endian not in ("le", "be"):
@@ -488,6 +509,8 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     byteorder = "<" if endian == "le" else ">"
     sections = _Sections(input_image, path)
     if idx is not None and os.path.isfile(path):
+        if keepbits is not None:
+            raise ValueError(f"{path}: keepbits rounds a whole new file, not sections written with idx")
         return _write_into(sections, path, int(idx), clevel, n_threads, backend)
     if idx not in (None, 0):
         raise ValueError(f"{path}: idx={idx} but the file does not exist yet; use idx=0 or None")
@@ -500,6 +523,13 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     slices = sections.slices
     nthreads = blosc_chunks.threads(n_threads)
     pixel_A = _pixelsize_A(pixelsize, pixelunits)
+    rounding = None
+    if keepbits is not None:
+        if base_mode == MODE_UINT4 or file_dtype.kind not in "fc":
+            raise ValueError(f"{path}: keepbits rounds float mantissas; {file_dtype.name} data is stored "
+                             "exactly already")
+        rounding = Rounding(keepbits, max_error, file_dtype.newbyteorder("="), nz)
+        meta = {**(meta or {}), PRECISION_KEY: rounding.placeholder()}  # room for the final record
     ext = _json_bytes(meta)
     if compressor is not None or base_mode == MODE_UINT4:
         # python-mrcz's layout. Mode 101 is python-mrcz's (mrcfile does not read it), which reads
@@ -517,6 +547,9 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     kept = _kept_fields(fields or {}, layout, one_array=slices == 0, volume=slices == 0 and nz > 1)
 
     def header(packed_bytes: int = 0) -> bytes:
+        if rounding is not None:  # a label says so (an earlier rounding's gives way to this one's)
+            labels = [t for t in kept["labels"] if not t.startswith(b"lossy:")]
+            kept["labels"] = [*labels[:9], rounding.label().encode("latin-1", "replace")[:80]]
         return build_header(
             shape=(nz, ny, nx), mode=mode, byteorder=byteorder, pixelsize_A=pixel_A,
             stats=tuple(given) if given is not None else None if stats is None else stats.result(),
@@ -527,8 +560,12 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     with atomic_write(path) as f:
         f.write(bytes(HEADER_BYTES))
         f.write(ext)
-        writer = _SectionWriter(f, file_dtype, base_mode, compress, stats, nthreads)
+        writer = _SectionWriter(f, file_dtype, base_mode, compress, stats, nthreads, rounding)
         writer.write_all(sections, 0, nz)
+        if rounding is not None:  # the bits each section kept, in the space the placeholder took
+            final = _json_bytes({**meta, PRECISION_KEY: rounding.record()})
+            f.seek(HEADER_BYTES)
+            f.write(final.ljust(len(ext), b" "))  # JSON allows the trailing spaces
         f.seek(0)
         f.write(header(writer.packed_bytes if compress is not None else 0))
 

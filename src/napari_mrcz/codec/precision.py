@@ -35,7 +35,7 @@ PRECISION_KEY = "napari_mrcz_precision"
 #: Values rounded at a time: bounds the temporaries of one rounding.
 STRIP = 1 << 20
 #: Values of a section the automatic choice measures (a regular subsample).
-SAMPLE = 1 << 16
+SAMPLE = 1 << 15
 _UINT = {4: np.uint32, 2: np.uint16}
 
 
@@ -105,7 +105,7 @@ def noise_level(section: np.ndarray) -> float:
     values = section.reshape(-1, section.shape[-1]) if section.ndim >= 2 else section.reshape(1, -1)
     if np.iscomplexobj(values):
         values = np.concatenate([values.real, values.imag])
-    rows = values[:: max(1, values.shape[0] // 256)]  # at most ~256 rows: enough for a robust SD
+    rows = values[:: max(1, values.shape[0] // 64)]  # at most ~64 rows: enough for a robust SD
     diffs = np.diff(rows.astype(np.float32, copy=False), axis=-1).ravel()
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
@@ -183,7 +183,8 @@ class Rounding:
         """The MRC label line that says the file is lossy."""
         if self.keepbits == "auto":
             values = list(self.kept.values()) or [self.bits]
-            return (f"lossy: float mantissas rounded to {min(values)}-{max(values)} of {self.bits} bits "
+            kept = f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+            return (f"lossy: float mantissas rounded to {kept} of {self.bits} bits "
                     f"(auto, max_error {self.max_error:g})")
         return f"lossy: float mantissas rounded to {int(self.keepbits)} of {self.bits} bits"
 
