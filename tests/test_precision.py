@@ -158,3 +158,21 @@ def test_resaving_keeps_the_record_and_rounds_no_further_unless_asked(tmp_path):
     again, meta_b = codec.readMRC(tmp_path / "b.mrcz")
     np.testing.assert_array_equal(again, data)
     assert meta_b[PRECISION_KEY]["keepbits"] == 10
+
+
+@pytest.mark.parametrize(("values", "stored"), [
+    (np.array([0, 3, 7, 1], np.float32), np.int8),
+    (np.array([-300, 3, 7, 1], np.float32), np.int16),
+    (np.array([0, 60000, 7, 1], np.float32), np.uint16),
+    (np.array([0, 3.5, 7, 1], np.float32), np.float32),
+    (np.array([0, np.nan, 7, 1], np.float32), np.float32),
+    (np.array([0, 3, 7, 1], np.int16), np.int16),
+])
+def test_dtype_auto_stores_whole_numbers_in_the_smallest_integer_mode(tmp_path, values, stored):
+    data = np.stack([np.resize(values, (6, 6))] * 3)
+    path = tmp_path / "counts.mrcz"
+    codec.writeMRC(data, path, compressor="zstd", dtype="auto")
+    with MRCStack(path) as stack:
+        assert stack.header.dtype == stored
+    theirs, _ = mrcz.readMRC(str(path))
+    np.testing.assert_array_equal(np.asarray(theirs, dtype=np.float64), data.astype(np.float64))

@@ -42,12 +42,12 @@ from .export import (
     UnsupportedImageError,
     json_axes,
     mrc_pixel_size,
-    plain_mrc_dtype,
     source_sections,
     stored_dtype,
     write_image,
 )
 from .header import MODE_UINT4
+from .narrowing import plain_mrc_dtype
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
 

@@ -20,6 +20,7 @@ import numpy as np
 from .dm import DMFile
 from .lazy import LazyStack, LazyVolumes
 from .mrc import _file_dtype, write_with_header
+from .narrowing import plain_mrc_dtype
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource
 from .stack import MRCStack
 
@@ -84,42 +85,6 @@ class Frame:
         if isinstance(key, (int, np.integer)):  # one section of a 3D frame (a volume): only it is read
             return np.asarray(self.data[self.i, int(key)])
         return np.asarray(self.data[self.i])[key]
-
-
-#: Integer types plain MRC2014 has no mode for (python-mrcz's modes 7 and 8 are not standard).
-WIDE_INTEGERS = ("int32", "uint32")
-
-
-def plain_mrc_dtype(data: Any, path: str | os.PathLike) -> str | None:
-    """The standard MRC2014 type that holds ``data``'s 32/64-bit integers exactly, for plain MRC.
-
-    int16 or uint16 where every value fits, else float32 where every value's
-    magnitude is at most 2**24 (float32 holds those integers exactly). ``None``
-    for other types (written as they are). Reads the data once, a section at a time.
-
-    Raises
-    ------
-    UnsupportedImageError
-        Values no standard mode holds exactly; the message offers MRCZ.
-    """
-    name = np.dtype(data.dtype).name
-    if name not in WIDE_INTEGERS:
-        return None
-    lo, hi = 0, 0
-    for i in range(data.shape[0] if data.ndim >= 3 else 1):
-        section = np.asarray(data[i] if data.ndim >= 3 else data)
-        if section.size:
-            lo, hi = min(lo, int(section.min())), max(hi, int(section.max()))
-    if lo >= -(1 << 15) and hi < 1 << 15:
-        return "int16"
-    if lo >= 0 and hi < 1 << 16:
-        return "uint16"
-    if lo >= -(1 << 24) and hi <= 1 << 24:
-        return "float32"
-    raise UnsupportedImageError(
-        f"{path}: plain MRC2014 has no mode that holds these {name} values exactly ({lo} to {hi}: "
-        "beyond int16, uint16 and the ±2^24 that float32 holds exactly); save as MRCZ, which keeps "
-        f"{name} (python-mrcz's mode {7 if name == 'int32' else 8})")
 
 
 def reads_the_source(data: Any, mrcz: dict) -> bool:

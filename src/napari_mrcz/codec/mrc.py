@@ -35,6 +35,7 @@ from .header import (
     build_header,
     data_axes_cell,
 )
+from .narrowing import auto_dtype
 from .precision import PRECISION_KEY, Rounding
 from .stack import MRCStack
 
@@ -419,7 +420,10 @@ def writeMRC(input_image: np.ndarray | list[np.ndarray], MRCfilename: str | os.P
         ``'le'`` or ``'be'``: byte order of the file.
     dtype
         Cast to this type before writing; ``'uint4'`` packs 0..15 two to a
-        byte (mode 101). float64 and complex128 are cast to 32 bits with a
+        byte (mode 101); ``'auto'`` stores float data whose values are all
+        whole numbers in the smallest MRC integer mode that holds them
+        exactly (int8, int16, uint16, int32, uint32; one more pass over the
+        data), and other data as it is. float64 and complex128 are cast to 32 bits with a
         warning; uint8 and bool are stored as uint16 (mode 6).
     pixelsize
         Pixel size in z, y, x (one value for all axes; two for y, x).
@@ -515,6 +519,10 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     if idx not in (None, 0):
         raise ValueError(f"{path}: idx={idx} but the file does not exist yet; use idx=0 or None")
 
+    if isinstance(dtype, str) and dtype == "auto":  # float data of whole numbers: an integer mode
+        dtype = auto_dtype(sections.dtype, sections.shape[0], lambda i: sections.section(i, sections.dtype))
+        if dtype is not None:
+            keepbits = None  # exact integers: nothing to round
     file_dtype, base_mode = _file_dtype(sections.dtype, dtype, byteorder, path)
     if compressor is not None and base_mode == MODE_UINT4:
         raise TypeError("uint4 packing is not compatible with compression, use int8")
