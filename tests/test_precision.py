@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mrcz
 import numcodecs
 import numpy as np
@@ -176,3 +178,51 @@ def test_dtype_auto_stores_whole_numbers_in_the_smallest_integer_mode(tmp_path, 
         assert stack.header.dtype == stored
     theirs, _ = mrcz.readMRC(str(path))
     np.testing.assert_array_equal(np.asarray(theirs, dtype=np.float64), data.astype(np.float64))
+
+
+# -- napari-mrcz compress --keepbits / --dtype ------------------------------------------
+def test_compress_keepbits_rounds_floats_only_verifies_and_reports_the_largest_error(tmp_path):
+    import json
+
+    from .test_cli import cli
+
+    src = tmp_path / "session"
+    src.mkdir()
+    tomogram = samples.tomogram(8, 128)
+    codec.writeMRC(tomogram, src / "tomo.rec", pixelsize=[10.0, 10.0, 10.0])
+    counts = (np.arange(2 * 32 * 32).reshape(2, 32, 32) % 7).astype(np.float32)
+    codec.writeMRC(counts, src / "counts.mrc")
+    ints = (np.arange(2 * 32 * 32).reshape(2, 32, 32) % 300).astype(np.int16)
+    codec.writeMRC(ints, src / "ints.mrc")
+    done = cli("compress", str(src), "-o", str(tmp_path / "z"), "--keepbits", "8", "--dtype", "auto",
+               "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    outcomes = {Path(o["source"]).name: o for o in info["outcomes"]}
+    assert outcomes["tomo.rec"]["keepbits"] == 8 and outcomes["ints.mrc"]["keepbits"] is None
+    assert outcomes["counts.mrc"]["keepbits"] is None, "whole numbers: an integer mode, not rounded"
+    largest = float(np.max(np.abs(codec.readMRC(tmp_path / "z" / "tomo.rec.mrcz")[0] - tomogram)
+                           / np.abs(tomogram)))
+    assert info["lossy"] == 1 and info["largest_error"] == pytest.approx(largest, rel=1e-6)
+    assert 0 < largest <= 2.0 ** -9
+
+    ours, meta = codec.readMRC(tmp_path / "z" / "tomo.rec.mrcz")
+    theirs, _ = mrcz.readMRC(str(tmp_path / "z" / "tomo.rec.mrcz"))
+    np.testing.assert_array_equal(ours.view(np.uint32), np.asarray(theirs).view(np.uint32))
+    assert meta[PRECISION_KEY]["keepbits"] == 8
+    with MRCStack(tmp_path / "z" / "counts.mrc.mrcz") as stack:
+        assert stack.header.dtype == np.int8
+    np.testing.assert_array_equal(codec.readMRC(tmp_path / "z" / "ints.mrc.mrcz")[0], ints)
+
+    text = cli("info", str(tmp_path / "z" / "tomo.rec.mrcz"), str(tmp_path / "z" / "ints.mrc.mrcz")).stdout
+    assert "lossy: 8 mantissa bits" in text and "lossless" in text
+    table = cli("compress", str(src), "-o", str(tmp_path / "z2"), "--keepbits", "8").stdout
+    assert "lossy: 2 files with rounded float mantissas, largest relative error" in table, "no --dtype auto"
+    assert all(len(line) <= 80 for line in table.splitlines())
+
+
+def test_compress_refuses_keepbits_beyond_float32s_mantissa():
+    from .test_cli import cli
+
+    done = cli("compress", "nothing", "-o", "nowhere", "--keepbits", "24")
+    assert done.returncode == 2 and "keep 0 to 23" in done.stderr

@@ -146,14 +146,15 @@ def runner(scheduler: str | None) -> str:
 
 def run(jobs: list[Job], *, compressed: bool, compressor: str, clevel: int, backend: str | None,
         verify: bool, overwrite: bool, workers: int, scheduler: str | None,
-        quiet: bool) -> list[Outcome]:
+        quiet: bool, keepbits: int | str | None = None, max_error: float = 0.01,
+        dtype: str | None = None) -> list[Outcome]:
     """Convert every job on worker processes; returns one :class:`Outcome` per job, in job order.
 
     Parameters
     ----------
     jobs
         From :func:`plan`.
-    compressed, compressor, clevel, backend, verify, overwrite
+    compressed, compressor, clevel, backend, verify, overwrite, keepbits, max_error, dtype
         As for :func:`~napari_mrcz.codec.convert.convert`.
     workers
         Local worker processes (without ``scheduler``).
@@ -174,7 +175,8 @@ def run(jobs: list[Job], *, compressed: bool, compressor: str, clevel: int, back
     """
     kind = runner(scheduler)
     options = {"compressed": compressed, "compressor": compressor, "clevel": clevel, "backend": backend,
-               "verify": verify, "overwrite": overwrite}
+               "verify": verify, "overwrite": overwrite, "keepbits": keepbits, "max_error": max_error,
+               "dtype": dtype}
     if kind == "dask":
         return _run_dask(jobs, options, workers, scheduler, quiet)
     return _run_processes(jobs, options, workers, quiet)
@@ -402,16 +404,20 @@ def summary(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
         ``done``, ``skipped``, ``unsupported``, ``failed``, ``files``;
         ``bytes_in``, ``bytes_out`` and ``gb_in``, ``gb_out`` (of the files
         written), ``ratio``, ``seconds``, ``bytes_per_s`` and ``gb_per_s``;
-        ``failures`` and ``unsupported_files`` (source and reason each).
+        ``failures`` and ``unsupported_files`` (source and reason each);
+        ``lossy``, the files rounded (``keepbits``), and ``largest_error``,
+        the largest relative error of any value in them.
     """
     written = [o for o in outcomes if o.status == "done"]
     bytes_in = sum(o.bytes_in for o in written)
     bytes_out = sum(o.bytes_out for o in written)
     count = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "unsupported", "failed")}
     per_s = bytes_in / seconds if seconds > 0 else None
+    lossy = [o for o in written if o.keepbits is not None]
     return {**count, "files": len(outcomes), "gb_in": bytes_in / 1e9, "gb_out": bytes_out / 1e9,
             "bytes_in": bytes_in, "bytes_out": bytes_out,
             "ratio": bytes_in / bytes_out if bytes_out else None, "seconds": seconds,
+            "lossy": len(lossy), "largest_error": max((o.largest_error for o in lossy), default=0.0),
             "gb_per_s": None if per_s is None else per_s / 1e9, "bytes_per_s": per_s,
             "failures": [{"source": o.source, "reason": o.reason} for o in outcomes if o.status == "failed"],
             "unsupported_files": [{"source": o.source, "reason": o.reason}
@@ -443,6 +449,9 @@ def summary_lines(info: dict[str, Any], title: str = "napari-mrcz") -> list[str]
     lines = [f"{title}: {info['files']} files in {format_seconds(info['seconds'])}",
              "  ".join(head.rjust(w) for (head, _), w in zip(cells, widths, strict=True)),
              "  ".join(value.rjust(w) for (_, value), w in zip(cells, widths, strict=True))]
+    if info.get("lossy"):
+        lines.append(f"lossy: {info['lossy']} files with rounded float mantissas, largest relative error "
+                     f"{info['largest_error']:.2g}")
     for kind, label in (("unsupported_files", "unsupported"), ("failures", "failed")):
         for item in info[kind]:
             source, reason = item["source"], item["reason"]

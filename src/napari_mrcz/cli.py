@@ -19,6 +19,8 @@ import numpy as np
 from ._version import __version__
 from .batch import BATCH_EXTRA
 from .codec.errors import MRCFileError
+from .codec.precision import PRECISION_KEY
+from .codec.precision import describe as describe_precision
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, open_image
 
 COMPRESSORS = ["lz4", "lz4hc", "zstd", "zlib", "blosclz"]
@@ -66,6 +68,7 @@ def describe(path: str, full: bool = False) -> dict[str, Any]:
             ext = (m.get("extended") or {}).get("type") or header["exttyp"].strip("\0 ")
             out["extended_header"] = ext or None
         out["json"] = m.get("meta") if m["format"].startswith("MRC") else None
+        out["lossy"] = describe_precision((m.get("meta") or {}).get(PRECISION_KEY))
         if "axes" in m:
             out["calibrations"] = m["axes"]
         if m.get("tags"):
@@ -113,6 +116,7 @@ def _print_text(info: dict[str, Any], full: bool = False) -> None:
             ("shape", " × ".join(map(str, info["shape"])) + f" {info['dtype']} ({info['kind']})")]
     if "mode" in info:
         rows.append(("mode", str(info["mode"])))
+    rows.append(("precision", info.get("lossy") or "lossless"))
     axes = ", ".join(f"{a['label']} {a['scale']:.6g} {a['units']}" for a in info["axes"])
     rows.append(("pixel size", axes))
     for key, label, unit in (("voltage_kV", "voltage", " kV"), ("C3_mm", "C3", " mm"), ("gain", "gain", "")):
@@ -184,13 +188,27 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
                          clevel=getattr(args, "clevel", DEFAULT_SAVE_CLEVEL),
                          backend=getattr(args, "backend", None), verify=not args.no_verify,
                          overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
-                         quiet=args.quiet)
+                         quiet=args.quiet, keepbits=getattr(args, "keepbits", None),
+                         max_error=getattr(args, "max_error", 0.01), dtype=getattr(args, "dtype", None))
     info = batch.summary(outcomes, time.perf_counter() - t0)
     if args.json:
         print(json.dumps({**info, "runner": runner, "outcomes": [o.as_dict() for o in outcomes]}))
     elif not args.quiet:
         batch.print_summary(info, title=f"napari-mrcz {args.command}")
     return 1 if info["failed"] else 0
+
+
+def _keepbits(text: str) -> int | str:
+    """``--keepbits``: a whole number of mantissa bits, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bits or 'auto'") from None
+    if not 0 <= value <= 23:
+        raise argparse.ArgumentTypeError(f"{value} bits: float32 has 23 mantissa bits, keep 0 to 23")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -222,6 +240,16 @@ def parser() -> argparse.ArgumentParser:
                            metavar="1-9", help="compression level (default: %(default)s)")
             p.add_argument("--backend", choices=["blosc1", "blosc2"], default=None,
                            help="chunk format (default: blosc1, which every MRCZ reader knows)")
+            p.add_argument("--keepbits", type=_keepbits, metavar="N|auto", default=None,
+                           help="LOSSY: round float mantissas to N bits (0-23), or per section to the "
+                           "fewest within --max-error of its noise; recorded in each file (default: "
+                           "lossless). Integer files are written exactly")
+            p.add_argument("--max-error", type=float, default=0.01, metavar="F",
+                           help="for --keepbits auto: RMS rounding error allowed, as a fraction of each "
+                           "section's noise level (default: %(default)s)")
+            p.add_argument("--dtype", choices=["auto"], default=None,
+                           help="auto: float files of whole numbers in the smallest integer mode "
+                           "(lossless; the file's mode changes)")
         p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="local worker processes (default: %(default)s, one per core)")
         p.add_argument("--scheduler", metavar="ADDRESS",

@@ -47,7 +47,8 @@ from .export import (
     write_image,
 )
 from .header import MODE_UINT4
-from .narrowing import plain_mrc_dtype
+from .narrowing import auto_dtype, plain_mrc_dtype
+from .precision import auto_keepbits, check_keepbits, round_mantissa
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
 
@@ -70,7 +71,9 @@ class Outcome:
 
     ``status`` is ``'done'`` (written and verified), ``'skipped'`` (already
     done), ``'unsupported'`` (MRC cannot hold it: RGB, > 3 dimensions) or
-    ``'failed'``; ``reason`` says why for the last two.
+    ``'failed'``; ``reason`` says why for the last two. ``keepbits`` is the
+    rounding the file got (``None``: lossless), ``largest_error`` the
+    largest relative error of any value it caused.
     """
 
     source: str
@@ -81,6 +84,8 @@ class Outcome:
     bytes_out: int = 0
     seconds: float = 0.0
     frames: int = 0
+    keepbits: Any = None
+    largest_error: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """For ``--json`` output and tests."""
@@ -201,7 +206,8 @@ def _digest(section: np.ndarray, dtype: np.dtype) -> int:
 def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed: bool = True,
             compressor: str = DEFAULT_SAVE_COMPRESSOR, clevel: int = DEFAULT_SAVE_CLEVEL,
             backend: str | None = None, verify: bool = True, overwrite: bool = False,
-            n_threads: int | None = None) -> Outcome:
+            n_threads: int | None = None, keepbits: int | str | None = None, max_error: float = 0.01,
+            dtype: str | None = None) -> Outcome:
     """Write ``source`` as MRCZ (or plain MRC) at ``target``, verified; never raises for a bad file.
 
     Parameters
@@ -216,6 +222,15 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
         Replace a target even if it already records this source.
     n_threads
         blosc threads (default: all cores).
+    keepbits, max_error
+        Round float mantissas, as :func:`~napari_mrcz.codec.mrc.writeMRC`
+        does (lossy; ``None``: lossless). Integer sources are written exactly
+        as they are. Verification then checks the file against the source
+        rounded the same way, and the outcome's ``largest_error`` is the
+        largest relative error of any value.
+    dtype
+        ``'auto'``: float sources of whole numbers in the smallest integer
+        mode (lossless; MRCZ only).
 
     Returns
     -------
@@ -239,7 +254,8 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
             setDefaultThreads(n_threads)
         opened = open_image(source)
         try:
-            _write_verified(opened, target, out, compressed, compressor, clevel, backend, verify)
+            _write_verified(opened, target, out, compressed, compressor, clevel, backend, verify,
+                            keepbits, max_error, dtype)
         finally:
             opened.handle.close()
         out.status = "done"
@@ -269,19 +285,48 @@ def is_uint4(opened: ImageSource) -> bool:
 
 
 def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed: bool, compressor: str,
-                    clevel: int, backend: str | None, verify: bool) -> None:
+                    clevel: int, backend: str | None, verify: bool, keepbits: int | str | None = None,
+                    max_error: float = 0.01, auto: str | None = None) -> None:
     digests: dict[int, int] = {}
     # 4-bit samples stay 4-bit: mode 101 in plain MRC; int8 in MRCZ (MRCZ cannot pack nibbles; python-mrcz
     # says "use int8"), marked in the JSON so that decompress writes mode 101 again.
-    # 32-bit integers in plain MRC: the standard mode that holds them (plain_mrc_dtype, a first pass).
+    # 32-bit integers in plain MRC: the standard mode that holds them (plain_mrc_dtype, a first pass);
+    # with --dtype auto, float data of whole numbers in an integer mode (auto_dtype, a first pass).
     uint4 = is_uint4(opened)
     if uint4:
         write_dtype: str | None = "int8" if compressed else "uint4"
+    elif not compressed:
+        write_dtype = plain_mrc_dtype(source_sections(opened), opened.path)
+    elif auto == "auto":
+        first = source_sections(opened)
+        write_dtype = auto_dtype(opened.dtype, len(first), first.__getitem__)
     else:
-        write_dtype = None if compressed else plain_mrc_dtype(source_sections(opened), opened.path)
+        write_dtype = None
     dtype = (np.dtype("u1" if write_dtype == "uint4" else write_dtype) if write_dtype
              else stored_dtype(opened.dtype, opened.path))
-    sections = source_sections(opened, on_read=lambda i, s: digests.__setitem__(i, _digest(s, dtype)))
+    if keepbits is not None and (write_dtype is not None or dtype.kind not in "fc"):
+        keepbits = None  # integers (or whole numbers stored as such) are exact already
+    check_keepbits(keepbits, dtype)
+    out.keepbits = keepbits
+
+    def expect(i: int, section: np.ndarray) -> None:
+        """What section ``i`` must decode to: the source's, rounded as the writer rounds it."""
+        if keepbits is None:
+            digests[i] = _digest(section, dtype)
+            return
+        rounded = np.array(section, dtype=dtype, copy=True)
+        round_mantissa(rounded, auto_keepbits(rounded, max_error) if keepbits == "auto" else int(keepbits))
+        digests[i] = _digest(rounded, dtype)
+        exact = np.asarray(section, dtype=dtype)
+        nonzero = exact != 0
+        if nonzero.any():
+            with np.errstate(invalid="ignore", over="ignore"):
+                error = np.abs(rounded[nonzero] - exact[nonzero]) / np.abs(exact[nonzero])
+            finite = error[np.isfinite(error)]
+            if finite.size:
+                out.largest_error = max(out.largest_error, float(finite.max()))
+
+    sections = source_sections(opened, on_read=expect)
     out.frames = len(sections)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.verify")
@@ -295,7 +340,7 @@ def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed:
             extra[UINT4_KEY] = True
         write_image(sections, temporary, mrcz, pixel_size(opened), stack=stack, compressed=compressed,
                     extra_meta=extra, backend=backend, stamp=source_stamp(opened.path), dtype=write_dtype,
-                    unchanged=True)
+                    unchanged=keepbits is None, keepbits=keepbits, max_error=max_error)
         if verify:
             _verify(temporary, digests, len(sections), source=opened.path)
         replace(temporary, target)

@@ -176,7 +176,7 @@ def source_sections(source: ImageSource,
 def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,
                 stack: bool, compressed: bool, extra_meta: dict | None = None,
                 backend: str | None = None, stamp: str | None = None, dtype: str | None = None,
-                unchanged: bool = False) -> None:
+                unchanged: bool = False, keepbits: int | str | None = None, max_error: float = 0.01) -> None:
     """Write ``data`` as MRCZ (``compressed``) or plain MRC with what ``mrcz`` says about its source.
 
     Parameters
@@ -208,6 +208,8 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         ``data`` is the source's, as it was: its header statistics (DMIN,
         DMAX, DMEAN, RMS) are written back as they were, where it had them.
         Otherwise they are computed while writing, in the same pass.
+    keepbits, max_error
+        Round float mantissas (lossy), as :func:`~napari_mrcz.codec.mrc.writeMRC` does.
     """
     save = dict(mrcz.get("save") or {})
     compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
@@ -245,7 +247,7 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
                       voltage=0.0 if voltage is None else float(voltage),
                       C3=0.0 if c3 is None else float(c3), gain=0.0 if gain is None else float(gain),
                       compressor=compressor, clevel=clevel, backend=backend, dtype=dtype,
-                      quickStats=False)
+                      quickStats=False, keepbits=keepbits, max_error=max_error)
 
 
 def _determined(stats: tuple) -> bool:
