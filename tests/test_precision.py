@@ -226,3 +226,28 @@ def test_compress_refuses_keepbits_beyond_float32s_mantissa():
 
     done = cli("compress", "nothing", "-o", "nowhere", "--keepbits", "24")
     assert done.returncode == 2 and "keep 0 to 23" in done.stderr
+
+
+# -- the batch's verification ------------------------------------------------------------
+def test_the_written_check_finds_a_chunk_that_decodes_to_something_else_and_a_changed_byte(tmp_path, rng):
+    from napari_mrcz.codec.convert import Outcome, VerificationError, WrittenCheck
+    from napari_mrcz.codec.export import write_image
+
+    data = rng.normal(size=(4, 32, 32)).astype(np.float32)
+    check = WrittenCheck(True, True, Outcome("src", "dst", "failed"))
+    path = tmp_path / "v.mrcz"
+    write_image(data, path, {}, [1.0, 1.0, 1.0], stack=False, compressed=True, check=check)
+    check.on_disk(path, 4, source="src")  # as written: passes
+
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0x01  # one bit of the last chunk, on disk
+    path.write_bytes(bytes(raw))
+    with pytest.raises(VerificationError, match="bytes on disk of section 3"):
+        check.on_disk(path, 4, source="src")
+
+    wrong = WrittenCheck(True, True, Outcome("src", "dst", "failed"))
+    chunk = codec.blosc_chunks.Compressor("zstd", 1, 4, data[0].nbytes, "blosc1", 1)
+    with chunk.session():
+        wrong(0, chunk(np.ascontiguousarray(data[1])), data[0], None)  # section 1's chunk for section 0
+    with pytest.raises(VerificationError, match="section 0 does not decode"):
+        wrong.on_disk(path, 4, source="src")

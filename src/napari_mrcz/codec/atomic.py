@@ -47,8 +47,9 @@ class WritebackFile:
     not their sum. Everything else is the file's.
     """
 
-    def __init__(self, f: BinaryIO, every: int = WRITEBACK_BYTES) -> None:
-        self._f, self._every, self._since = f, every, 0
+    def __init__(self, f: BinaryIO, every: int | None = None) -> None:
+        self._f, self._since = f, 0
+        self._every = WRITEBACK_BYTES if every is None else every
         self._sync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have fsync only
         self._wake, self._stopping = threading.Event(), False
         self._thread = threading.Thread(target=self._run, name="mrcz-writeback", daemon=True)

@@ -176,7 +176,8 @@ def source_sections(source: ImageSource,
 def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,
                 stack: bool, compressed: bool, extra_meta: dict | None = None,
                 backend: str | None = None, stamp: str | None = None, dtype: str | None = None,
-                unchanged: bool = False, keepbits: int | str | None = None, max_error: float = 0.01) -> None:
+                unchanged: bool = False, keepbits: int | str | None = None, max_error: float = 0.01,
+                check: Callable[..., None] | None = None) -> None:
     """Write ``data`` as MRCZ (``compressed``) or plain MRC with what ``mrcz`` says about its source.
 
     Parameters
@@ -210,6 +211,9 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         Otherwise they are computed while writing, in the same pass.
     keepbits, max_error
         Round float mantissas (lossy), as :func:`~napari_mrcz.codec.mrc.writeMRC` does.
+    check
+        Called with every section as written (see
+        :func:`~napari_mrcz.codec.mrc.write_with_header`'s ``'check'``).
     """
     save = dict(mrcz.get("save") or {})
     compressor = (save.get("compressor") or DEFAULT_SAVE_COMPRESSOR) if compressed else None
@@ -228,6 +232,8 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     fields = {k: header[k] for k in KEPT_FIELDS if k in header}
     if stamp:
         fields["stamp"] = stamp
+    if check is not None:
+        fields["check"] = check
     stats = tuple(header.get(k) for k in ("dmin", "dmax", "dmean", "rms"))
     if unchanged and _determined(stats):  # the source had them: as they were
         fields["stats"] = stats

@@ -334,26 +334,30 @@ class _SectionWriter:
 
     def __init__(self, f: BinaryIO, file_dtype: np.dtype, mode: int,
                  compress: blosc_chunks.Compressor | None, stats: _Stats | None,
-                 n_threads: int = 1, rounding: Rounding | None = None) -> None:
+                 n_threads: int = 1, rounding: Rounding | None = None,
+                 check: Callable[..., None] | None = None) -> None:
         self.f, self.file_dtype, self.mode = f, file_dtype, mode
         self.compress, self.stats, self.n_threads = compress, stats, n_threads
-        self.rounding = rounding
+        self.rounding, self.check = rounding, check
         self.packed_bytes = 0
 
     def _encode(self, sections: _Sections, i: int) -> tuple[Any, np.ndarray]:
+        before = None
         if self.rounding is not None:  # rounded in native order (a copy), then in the file's
-            native = self.rounding.apply(i, sections.section(i, self.file_dtype.newbyteorder("=")))
-            section = native.astype(self.file_dtype, copy=False)
+            before = sections.section(i, self.file_dtype.newbyteorder("="))
+            section = self.rounding.apply(i, before).astype(self.file_dtype, copy=False)
         else:
             section = sections.section(i, sections.dtype if self.mode == MODE_UINT4 else self.file_dtype)
         payload: Any = _pack_uint4(section) if self.mode == MODE_UINT4 else section
-        if self.compress is not None:
-            return self.compress(payload), section
-        return memoryview(payload).cast("B"), section
+        payload = self.compress(payload) if self.compress is not None else memoryview(payload).cast("B")
+        if self.check is not None:  # while the section is still in memory (see convert.WrittenCheck)
+            self.check(i, payload, section, before)
+        return payload, section
 
     def write_all(self, sections: _Sections, first: int, count: int) -> None:
         """Write sections ``first .. first + count - 1`` at the file's position."""
-        if self.compress is None and self.rounding is None and self._write_contiguous(sections, first, count):
+        if (self.compress is None and self.rounding is None and self.check is None
+                and self._write_contiguous(sections, first, count)):
             return
         session = self.compress.session() if self.compress is not None else contextlib.nullcontext()
         with session, ThreadPoolExecutor(self.n_threads, thread_name_prefix="mrcz-write") as pool:
@@ -492,8 +496,12 @@ def write_with_header(input_image: Any, MRCfilename: str | os.PathLike, fields: 
         ``'mapc'``, ``'mapr'``, ``'maps'`` (the cell axis of columns, rows
         and sections: each data axis's pixel size is stored under its cell
         axis) and ``'cellb'`` (the cell angles); ``'stamp'``, a text written
-        as a second label of ours; and ``'stats'``, (DMIN, DMAX, DMEAN, RMS) to write instead of
-        computing them. :meth:`MRCHeader.fields` gives the others.
+        as a second label of ours; ``'stats'``, (DMIN, DMAX, DMEAN, RMS) to
+        write instead of computing them; and ``'check'``, called as
+        ``check(i, payload, section, unrounded)`` with every section's bytes as
+        written (its chunk, for MRCZ) while the section is in memory
+        (``unrounded``: before ``keepbits``, else ``None``). :meth:`MRCHeader.fields`
+        gives the others.
 
     """
     bound = inspect.signature(writeMRC).bind(input_image, MRCfilename, **kwargs)
@@ -568,7 +576,8 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     with atomic_write(path) as f:
         f.write(bytes(HEADER_BYTES))
         f.write(ext)
-        writer = _SectionWriter(f, file_dtype, base_mode, compress, stats, nthreads, rounding)
+        writer = _SectionWriter(f, file_dtype, base_mode, compress, stats, nthreads, rounding,
+                                (fields or {}).get("check"))
         writer.write_all(sections, 0, nz)
         if rounding is not None:  # the bits each section kept, in the space the placeholder took
             final = _json_bytes({**meta, PRECISION_KEY: rounding.record()})
