@@ -11,7 +11,10 @@ class of its own:
   they are shown and typed in;
 - :class:`Microscope`: voltage (kV), C3 (mm) and gain, "not set" where the
   file has no such field;
-- :class:`SaveSettings`: the compressor and clevel a save to MRCZ will use;
+- :class:`SaveSettings`: the compressor, clevel and precision (lossless, or
+  lossy: float mantissas rounded) a save to MRCZ will use, and an estimate of
+  the file's size and ratio from one section (:class:`SizeEstimate`, in a
+  worker thread);
 - :class:`Actions`: "Save as MRCZ…", "Load into memory" and the **header
   inspector** (every header field, labels, extended header, JSON, DM tags),
   whose per-section line follows napari's slider.
@@ -40,7 +43,10 @@ from qtpy.QtCore import QTimer
 from superqt.utils import ensure_main_thread
 
 from ._inspector import HeaderInspector
-from ._writer import angstrom, layer_saved, save_layer
+from ._writer import DEFAULT_MAX_ERROR, angstrom, layer_saved, save_layer
+from .codec.estimate import estimate_section
+from .codec.export import stored_dtype
+from .codec.precision import MANTISSA_BITS, PRECISION_KEY, describe
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, LENGTH_UNITS
 
 if TYPE_CHECKING:
@@ -48,6 +54,12 @@ if TYPE_CHECKING:
     from magicgui.widgets.bases import Widget
 
 COMPRESSORS = ["none", "lz4", "lz4hc", "zstd", "zlib", "blosclz"]
+#: *Precision* choices: lossless, or lossy (rounded float mantissas), automatic or a number of bits.
+LOSSLESS, AUTO, BITS = "lossless", "auto", "bits"
+PRECISIONS = [("lossless", LOSSLESS), ("lossy: auto (max error × noise)", AUTO),
+              ("lossy: N mantissa bits", BITS)]
+#: The mantissa bits *Mantissa bits* starts at.
+DEFAULT_KEEPBITS = 8
 UNITS = list(LENGTH_UNITS)
 #: The "unit" of axes that have no length unit.
 PIXELS = "px"
@@ -174,7 +186,7 @@ def proposed_save_path(name: str, source: str | None) -> str:
 
 
 def file_summary(layer: Any, frames: bool) -> str:
-    """The File section's text: format, compressor, shape and type, sizes and ratio.
+    """The File section's text: format, compressor, shape and type, sizes and ratio, precision.
 
     The file's own type (complex64 for an amplitude layer shown as float32)
     and the file's own size give the ratio.
@@ -189,7 +201,8 @@ def file_summary(layer: Any, frames: bool) -> str:
     Returns
     -------
     str
-        Two lines: what the file is, then its sizes.
+        Three lines: what the file is, its sizes, and "lossless" or "lossy: N
+        mantissa bits" (:func:`file_precision`); two for layers not from a file.
     """
     data, meta = full_size(layer), layer.metadata.get("mrcz") or {}
     shown = np.dtype(data.dtype)
@@ -211,7 +224,30 @@ def file_summary(layer: Any, frames: bool) -> str:
         if raw != nbytes:
             text += f"; file {_human(raw)} uncompressed"
         text += f", {_human(on_disk)} on disk, ratio {raw / on_disk:.2f}"
-    return text
+    return f"{text}\n{file_precision(meta)}"
+
+
+def file_precision(mrcz: dict) -> str:
+    """"lossy: N mantissa bits" for a file written with rounded mantissas, else "lossless".
+
+    From the record in its JSON metadata (``napari_mrcz_precision``), else
+    from a label of ours ("lossy: float mantissas rounded to ...").
+
+    Parameters
+    ----------
+    mrcz
+        The layer's ``metadata['mrcz']``.
+
+    Returns
+    -------
+    str
+        What the File section says of the file's precision.
+    """
+    said = describe((mrcz.get("meta") or {}).get(PRECISION_KEY))
+    if said:
+        return said
+    labels = (mrcz.get("header") or {}).get("labels") or []
+    return next((str(t) for t in labels if str(t).startswith("lossy:")), "lossless")
 
 
 class Selection:
@@ -466,32 +502,251 @@ class Microscope(Section):
 
 
 class SaveSettings(Section):
-    """The compressor and clevel a save to MRCZ uses (``metadata['mrcz']['save']``)."""
+    """How a save to MRCZ stores the layer (``metadata['mrcz']['save']``), and what that would weigh.
+
+    Compressor, clevel and *Precision*: lossless (the default), ``auto``
+    (each section's mantissas rounded to the fewest bits whose RMS error is
+    at most *Max error* x its noise) or a number of mantissa bits. Stored as
+    ``compressor``, ``clevel`` and, for lossy choices, ``keepbits``
+    (``'auto'`` or the bits) and ``max_error`` (for ``'auto'``). Integer layers have nothing to round: the
+    control is disabled and says so. The *Estimate* row (:class:`SizeEstimate`)
+    follows every change.
+    """
 
     def __init__(self, selection: Selection) -> None:
         self.selection = selection
         self.heading = Label(label="", value="Save as MRCZ… will use:")
         self.compressor = ComboBox(label="Compressor", choices=COMPRESSORS, value=DEFAULT_SAVE_COMPRESSOR)
         self.clevel = SpinBox(label="clevel", min=1, max=9, value=DEFAULT_SAVE_CLEVEL)
-        self.rows = [self.heading, self.compressor, self.clevel]
-        for field in (self.compressor, self.clevel):
+        self.precision = ComboBox(label="Precision", choices=PRECISIONS, value=LOSSLESS)
+        self.keepbits = SpinBox(label="Mantissa bits", min=0, max=MANTISSA_BITS["float32"],
+                                value=DEFAULT_KEEPBITS)
+        self.max_error = FloatSpinBox(label="Max error", min=0.0001, max=1.0, step=0.005,
+                                      value=DEFAULT_MAX_ERROR)
+        self.max_error.native.setDecimals(4)
+        self.max_error.native.setSuffix(" × noise")
+        self.precision_note = Label(label="", value="")
+        self.estimate = SizeEstimate(selection)
+        self.rows = [self.heading, self.compressor, self.clevel, self.precision, self.keepbits,
+                     self.max_error, self.precision_note, self.estimate.label]
+        for field in (self.compressor, self.clevel, self.precision, self.keepbits, self.max_error):
             field.changed.connect(self._store)
+        from qtpy.QtWidgets import QSizePolicy
+
+        for row in (self.precision_note, self.estimate.label):  # wrapped, from the left, as the File text
+            row.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            row.native.setWordWrap(True)
+
+    def set_active(self, active: bool) -> None:
+        """Enable the rows; hide them all when inactive (:meth:`show` decides which a layer has).
+
+        Parameters
+        ----------
+        active
+            Whether an image layer is selected.
+        """
+        super().set_active(active)
+        if not active:
+            self.estimate.clear()
 
     def show(self) -> None:
-        """Show the selected layer's save settings."""
+        """Show the selected layer's save settings, and estimate what they give."""
         save = self.selection.mrcz().get("save")
         compressor = DEFAULT_SAVE_COMPRESSOR if save is None else save.get("compressor") or "none"
         save = save or {}  # none: a layer not from a file, saved as zstd at level 1
+        bits = self.mantissa_bits()
+        keepbits = save.get("keepbits") if bits is not None else None
+        max_error = save.get("max_error")
         with self.selection.quiet():
             self.compressor.value = compressor
             self.clevel.value = int(save.get("clevel") or DEFAULT_SAVE_CLEVEL)
+            self.keepbits.max = bits if bits is not None else MANTISSA_BITS["float32"]
+            if keepbits is None:
+                self.precision.value = LOSSLESS
+            elif keepbits == AUTO:
+                self.precision.value = AUTO
+            else:
+                self.precision.value = BITS
+                self.keepbits.value = min(max(int(keepbits), 0), self.keepbits.max)
+            self.max_error.value = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
+        self._follow_choice()
+
+    def mantissa_bits(self) -> int | None:
+        """The mantissa bits of the type the layer is saved as (23 for float32, float64); None: integers."""
+        try:
+            stored = stored_dtype(full_size(self.selection.layer).dtype)
+        except TypeError:  # a type MRC cannot store: the save says so
+            return None
+        return MANTISSA_BITS.get(stored.name)
+
+    def chosen(self) -> tuple[int | str | None, float]:
+        """The ``keepbits`` (``None``: lossless) and ``max_error`` the fields say."""
+        choice = self.precision.value if self.mantissa_bits() is not None else LOSSLESS
+        keepbits = {LOSSLESS: None, AUTO: AUTO}.get(choice, int(self.keepbits.value))
+        return keepbits, float(self.max_error.value)
+
+    def _follow_choice(self) -> None:
+        """The rows the choice needs (bits or max error), its lossy label, and a new estimate."""
+        layer = self.selection.layer
+        bits = self.mantissa_bits()
+        choice = self.precision.value
+        self.precision.enabled = bits is not None and not layer.rgb
+        self.keepbits.visible = bits is not None and choice == BITS
+        self.max_error.visible = bits is not None and choice == AUTO
+        if bits is None:
+            kind = np.dtype(full_size(layer).dtype).name
+            self.precision_note.value = f"lossless: {kind} values are integers, stored exactly already"
+        elif choice == AUTO:
+            self.precision_note.value = (f"lossy: fewest mantissa bits (of {bits}) per section with RMS "
+                                         f"error ≤ {self.max_error.value:g} × noise")
+        elif choice == BITS:
+            self.precision_note.value = f"lossy: {int(self.keepbits.value)} mantissa bits (of {bits})"
+        else:
+            self.precision_note.value = "lossless: every value saved exactly"
+        self.precision.native.setToolTip(self.precision_note.value)
+        if not layer.rgb:
+            keepbits, max_error = self.chosen()
+            compressor = None if self.compressor.value == "none" else self.compressor.value
+            self.estimate.request(compressor or DEFAULT_SAVE_COMPRESSOR, int(self.clevel.value), keepbits,
+                                  max_error)
+        else:
+            self.estimate.clear()
 
     def _store(self, *_: Any) -> None:
         if self.selection.syncing or self.selection.layer is None:
             return
-        self.selection.mrcz()["save"] = {
+        keepbits, max_error = self.chosen()
+        save: dict[str, Any] = {
             "compressor": None if self.compressor.value == "none" else self.compressor.value,
             "clevel": int(self.clevel.value)}
+        if keepbits is not None:  # lossless: no key at all, as files open
+            save["keepbits"] = keepbits
+        if keepbits == AUTO:
+            save["max_error"] = max_error
+        self.selection.mrcz()["save"] = save
+        self._follow_choice()
+
+
+class SizeEstimate:
+    """The *Estimate* row: size on disk and ratio of a save, from one section compressed off the event loop.
+
+    The middle section of the layer (at full size) is stored and compressed
+    as the writer would (:func:`~napari_mrcz.codec.estimate.estimate_section`;
+    bands of rows of a section over 8 MB) in a worker thread, one at a time:
+    requests that come while it runs (the user is still turning a spin box)
+    are merged into one run after it. The section read is kept for the next
+    request on the same layer, so a new clevel or precision compresses again
+    without reading again.
+
+    Parameters
+    ----------
+    selection
+        The widget's selected layer.
+    """
+
+    #: Milliseconds a request waits for the next (the arrows of a spin box held down).
+    DELAY_MS = 120
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.label = Label(label="Estimate", value="")
+        self._wanted: tuple | None = None  # (key, data, index, n, settings) of the last request
+        self._shown: tuple[tuple, str] | None = None  # the key whose result the label shows, and its text
+        self._worker: Any = None
+        self._cached: tuple[tuple, np.ndarray] | None = None  # (data id, index) -> the section read
+        self._timer = QTimer(self.label.native)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._start)
+
+    @property
+    def busy(self) -> bool:
+        """Whether an estimate is waiting or being computed."""
+        return self._worker is not None or self._timer.isActive()
+
+    def clear(self) -> None:
+        """Show nothing (no layer, or one that cannot be saved); a running estimate is then ignored."""
+        self._wanted = self._shown = self._cached = None
+        self._timer.stop()
+        self.label.value = ""
+
+    def request(self, compressor: str, clevel: int, keepbits: int | str | None, max_error: float) -> None:
+        """Estimate the selected layer saved with these settings (soon, in a worker thread).
+
+        Parameters
+        ----------
+        compressor, clevel
+            The blosc codec and its level.
+        keepbits, max_error
+            The precision (``None``: lossless), as :func:`~napari_mrcz.codec.mrc.writeMRC` takes them.
+        """
+        data = full_size(self.selection.layer)
+        data = getattr(data, "__wrapped__", data)  # napari's proxy of plugin objects
+        shape = tuple(int(s) for s in data.shape)
+        index = tuple(s // 2 for s in shape[:-2])  # the middle section (of the middle volume)
+        n = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
+        settings = (compressor, int(clevel), keepbits, float(max_error))
+        key = (id(data), shape, np.dtype(data.dtype).str, settings)
+        if self._wanted is not None and self._wanted[1] is not data:
+            self._shown = None  # another layer (its id may be a freed one's)
+        self._wanted = (key, data, index, n, settings)
+        if self._shown is not None and key == self._shown[0]:
+            self._timer.stop()
+            self.label.value = self._shown[1]
+            return
+        self.label.value = "estimating…"
+        self._timer.start(self.DELAY_MS)
+
+    def _section(self, data: Any, index: tuple) -> np.ndarray:
+        """The section read (in the worker thread; one read per layer)."""
+        ident = (id(data), index)
+        cached = self._cached
+        if cached is None or cached[0] != ident:
+            self._cached = cached = None  # never two sections in memory at once
+            cached = (ident, np.atleast_2d(np.asarray(data[index] if index else data)))
+            self._cached = cached
+        return cached[1]
+
+    def _start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None or self._wanted is None:
+            return  # the end of the running one starts the next
+        key, data, index, n, settings = self._wanted
+
+        def measure() -> tuple:
+            return key, n, estimate_section(self._section(data, index), *settings)
+
+        worker = create_worker(measure, _start_thread=False)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(lambda exc: self._failed(key, exc))
+        worker.finished.connect(lambda: self._ended(worker))
+        self._worker = worker
+        worker.start()
+
+    def _returned(self, result: tuple) -> None:
+        key, n, measured = result
+        if self._wanted is None or key != self._wanted[0]:
+            return  # the settings or the layer changed meanwhile: the next run tells
+        part = "" if measured.fraction >= 1 else f"{measured.fraction:.0%} of "
+        bits = f": {measured.keepbits} mantissa bits" if key[-1][2] == AUTO else ""
+        self._show(key, f"≈ {_human(measured.file_size(n))} on disk, ratio {measured.ratio(n):.1f} "
+                        f"(from {part}1 section{bits})")
+
+    def _failed(self, key: tuple, exc: Exception) -> None:
+        if self._wanted is not None and key == self._wanted[0]:
+            self._show(key, f"no estimate: {exc}")
+
+    def _show(self, key: tuple, text: str) -> None:
+        self._shown = (key, text)
+        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
+            self.label.value = text
+
+    def _ended(self, worker: Any) -> None:
+        if self._worker is worker:
+            self._worker = None
+        if self._wanted is not None and (self._shown is None or self._wanted[0] != self._shown[0]):
+            with contextlib.suppress(RuntimeError):
+                self._start()  # asked for again while it ran
 
 
 class Actions(Section):
@@ -587,6 +842,8 @@ class MRCZWidget(Container):
         self.voltage, self.c3, self.gain = self.microscope.voltage, self.microscope.c3, self.microscope.gain
         s = self.save_settings
         self.save_heading, self.compressor, self.clevel = s.heading, s.compressor, s.clevel
+        self.precision, self.keepbits, self.max_error = s.precision, s.keepbits, s.max_error
+        self.precision_note, self.estimate = s.precision_note, s.estimate.label
         a = self.actions
         self.save_button, self.load_button = a.save_button, a.load_button
         self.cancel_button, self.inspector_button = a.cancel_button, a.inspector_button

@@ -3,7 +3,8 @@
 Everything the file needs comes from the layer: ``scale`` and ``units`` (the
 pixel size of each axis, converted to Å), and ``metadata['mrcz']`` (what the
 reader found and the dock widget edits: voltage, C3, gain, the header fields
-to write back, JSON metadata, and the compressor and clevel to save with).
+to write back, JSON metadata, and under ``save`` the compressor and clevel to
+save with and the precision, ``keepbits`` and ``max_error``: lossless unless set).
 Fields the source has are written back as they were. Voltage, C3 and gain a
 source lacks (``None``) are written as 0, MRC's "not set". Lazy layers are
 streamed frame by frame; the codec writes a temporary file and renames it, so
@@ -29,10 +30,13 @@ from .codec.export import (
     stored_dtype,
     write_image,
 )
+from .codec.precision import PRECISION_KEY
 
 #: Emitted as ``(path, mrcz)`` after each save, in the saving thread, with the saved layer's
 #: ``metadata['mrcz']`` (the dock widget refreshes what it shows of the file).
 layer_saved = SignalInstance((str, object), name="layer_saved")
+#: The RMS rounding error *Precision: auto* allows, as a fraction of each section's noise level.
+DEFAULT_MAX_ERROR = 0.01
 
 
 def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
@@ -129,8 +133,9 @@ def _narrowing_notice(path: str, data: Any, attributes: dict) -> None:
 def _saved_over_source(path: str, attributes: dict) -> None:
     """After a save over the file a layer was read from, its ``metadata['mrcz']`` says what that file is now.
 
-    Format, compressor, type, shape and size on disk are the new file's (the
-    layer's own, in place, shared by the layers read from the same file).
+    Format, compressor, type, shape, size on disk and the record of a rounding
+    (``napari_mrcz_precision``) are the new file's (the layer's own, in place,
+    shared by the layers read from the same file).
     """
     live = (attributes.get("metadata") or {}).get("mrcz")
     source = live.get("source") if isinstance(live, dict) else None
@@ -147,6 +152,39 @@ def _saved_over_source(path: str, attributes: dict) -> None:
             h = stack.header
             live.update(format="MRCZ" if h.is_compressed else "MRC", compressor=h.compressor,
                         dtype=h.dtype.name, shape=list(h.shape), size_on_disk=stack.size_on_disk)
+            record = (h.json_meta or {}).get(PRECISION_KEY)
+            if record is not None:  # rounded now: the layer shows (and saves back) what the file is
+                if not isinstance(live.get("meta"), dict):
+                    live["meta"] = {}
+                live["meta"][PRECISION_KEY] = record
+
+
+def save_precision(mrcz: dict, dtype: Any) -> tuple[int | str | None, float]:
+    """The rounding a save applies: ``keepbits`` and ``max_error`` from ``mrcz['save']``.
+
+    Nothing is rounded unless ``keepbits`` was set (the dock widget's
+    *Precision*, or a script); integer layers are stored exactly, whatever it says.
+
+    Parameters
+    ----------
+    mrcz
+        The layer's ``metadata['mrcz']``.
+    dtype
+        The layer's data type.
+
+    Returns
+    -------
+    tuple
+        ``keepbits`` (``None``: lossless; a count of mantissa bits; ``'auto'``)
+        and ``max_error`` (for ``'auto'``, a fraction of the noise level).
+    """
+    save = dict(mrcz.get("save") or {})
+    keepbits = save.get("keepbits")
+    max_error = save.get("max_error")
+    max_error = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
+    if keepbits is None or np.dtype(dtype).kind not in "fc":
+        return None, max_error
+    return keepbits, max_error
 
 
 def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
@@ -170,9 +208,12 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
     axes = json_axes(labels or [f"axis {k}" for k in range(data.ndim)], *_axes(attributes, data.ndim))
     if axes is not None:  # energy, time ...: MRC's header has no such axes; the JSON keeps them
         extra[AXES_KEY] = axes
+    keepbits, max_error = save_precision(mrcz, data.dtype)
     write_image(data, path, {**mrcz, "slices": 0}, pixel_size(attributes, data.ndim, stack,
                                                               mrcz.get("frame_spacing")),
-                stack=stack, compressed=compressed, extra_meta=extra, unchanged=reads_the_source(data, mrcz))
+                stack=stack, compressed=compressed, extra_meta=extra,
+                unchanged=keepbits is None and reads_the_source(data, mrcz), keepbits=keepbits,
+                max_error=max_error)
     _saved_over_source(path, attributes)
     layer_saved.emit(path, (attributes.get("metadata") or {}).get("mrcz"))
     return path

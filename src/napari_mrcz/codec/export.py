@@ -207,8 +207,10 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         ``dtype`` (``'uint4'``: mode 101); default: the data's.
     unchanged
         ``data`` is the source's, as it was: its header statistics (DMIN,
-        DMAX, DMEAN, RMS) are written back as they were, where it had them.
-        Otherwise they are computed while writing, in the same pass.
+        DMAX, DMEAN, RMS) are written back as they were, where it had them,
+        else marked "not computed" as MRC2014 allows (a DM file has none;
+        python-mrcz's quick ones do not describe the data). Otherwise they are
+        computed while writing, in the same pass.
     keepbits, max_error
         Round float mantissas (lossy), as :func:`~napari_mrcz.codec.mrc.writeMRC` does.
     check
@@ -235,8 +237,8 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     if check is not None:
         fields["check"] = check
     stats = tuple(header.get(k) for k in ("dmin", "dmax", "dmean", "rms"))
-    if unchanged and _determined(stats):  # the source had them: as they were
-        fields["stats"] = stats
+    if unchanged:  # the source's, as they were; MRC2014's "not computed" where it had none that hold
+        fields["stats"] = stats if _determined(stats) else NOT_COMPUTED
     slices = int(mrcz.get("slices") or 0)
     if data.ndim > 3:
         frames: Any = [Frame(data, i) for i in range(data.shape[0])]
@@ -256,11 +258,15 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
                       quickStats=False, keepbits=keepbits, max_error=max_error)
 
 
+#: MRC2014's marks for statistics not computed: DMAX < DMIN, DMEAN < both, RMS < 0.
+NOT_COMPUTED = (0.0, -1.0, -2.0, -1.0)
+
+
 def _determined(stats: tuple) -> bool:
     """Whether a header's (DMIN, DMAX, DMEAN, RMS) describe data: not MRC2014's "not computed" marks.
 
     python-mrcz's quick statistics (RMS 0 and DMEAN the mid-range, for data
-    that is not constant) are not: they are computed again.
+    that is not constant) are not.
     """
     if None in stats or not all(np.isfinite(v) for v in stats):
         return False

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
@@ -285,33 +286,63 @@ class _Stats:
     and this is what mrcfile writes and checks. float16 data gets min, max and
     mean but RMS -1 (undetermined): readers check it in half precision, where
     the sum of squares overflows for all but the smallest images.
+
+    :meth:`add` may be called from several threads, for any sections in any
+    order: each section's sums are kept by its number and added up in order,
+    so the result does not depend on which thread was first. Sums are taken
+    in strips of :data:`STATS_STRIP` values (float64 temporaries of that size
+    only).
     """
 
     def __init__(self, dtype: np.dtype) -> None:
         self.complex = np.dtype(dtype).kind == "c"
         self.half = np.dtype(dtype).kind == "f" and np.dtype(dtype).itemsize == 2
-        self.n, self.squares = 0, 0.0
-        self.total: complex = 0.0
-        self.lo, self.hi = np.inf, -np.inf
+        self.parts: dict[int, tuple[int, float, float, complex, float]] = {}
+        self._lock = threading.Lock()
 
-    def add(self, section: np.ndarray) -> None:
-        if self.complex:
-            self.total += complex(section.sum(dtype=np.complex128))
-            self.squares += float(np.square(section.real, dtype=np.float64).sum()
-                                  + np.square(section.imag, dtype=np.float64).sum())
-        else:
-            self.lo = min(self.lo, float(section.min()))
-            self.hi = max(self.hi, float(section.max()))
-            self.total += float(section.sum(dtype=np.float64))
-            self.squares += float(np.square(section, dtype=np.float64).sum())
-        self.n += section.size
+    def add(self, section: np.ndarray, i: int | None = None) -> None:
+        part = _section_sums(section, self.complex)
+        with self._lock:
+            self.parts[len(self.parts) if i is None else i] = part
 
     def result(self) -> tuple[float, float, float, float]:
-        mean = self.total / self.n
-        rms = float(np.sqrt(max(self.squares / self.n - abs(mean) ** 2, 0.0)))
+        n, total, squares, lo, hi = 0, 0.0 + 0.0j, 0.0, np.inf, -np.inf
+        for k in sorted(self.parts):
+            count, low, high, s, sq = self.parts[k]
+            n, total, squares = n + count, total + s, squares + sq
+            lo, hi = min(lo, low), max(hi, high)
+        mean = total / n if n else 0.0
+        rms = float(np.sqrt(max(squares / n - abs(mean) ** 2, 0.0))) if n else 0.0
         if self.complex:
             return 0.0, -1.0, -2.0, rms
-        return self.lo, self.hi, float(mean.real), -1.0 if self.half else rms
+        return float(lo), float(hi), float(mean.real), -1.0 if self.half else rms
+
+
+#: Values summed at a time by :class:`_Stats` (float64 temporaries of this size).
+STATS_STRIP = 1 << 16
+
+
+def _section_sums(section: np.ndarray, complex_: bool) -> tuple[int, float, float, complex, float]:
+    """(count, min, max, sum, sum of squares) of one section, sums in float64 (or exact integers)."""
+    flat = np.ascontiguousarray(section).reshape(-1)
+    dt = flat.dtype.newbyteorder("=")
+    flat = flat.astype(dt, copy=False)
+    if flat.size == 0:
+        return 0, np.inf, -np.inf, 0.0, 0.0
+    total, squares, lo, hi = 0.0 + 0.0j, 0.0, np.inf, -np.inf
+    if not complex_:
+        lo, hi = float(flat.min()), float(flat.max())
+    for start in range(0, flat.size, STATS_STRIP):
+        strip = flat[start:start + STATS_STRIP]
+        if complex_:
+            total += complex(strip.sum(dtype=np.complex128))
+            squares += float(np.square(strip.real, dtype=np.float64).sum()
+                             + np.square(strip.imag, dtype=np.float64).sum())
+        else:  # (integer sums are exact in float64 below 2**53)
+            wide = strip.astype(np.float64)
+            total += float(wide.sum())
+            squares += float(np.dot(wide, wide))
+    return flat.size, lo, hi, total, squares
 
 
 def _pack_uint4(section: np.ndarray) -> np.ndarray:
@@ -352,6 +383,8 @@ class _SectionWriter:
         payload = self.compress(payload) if self.compress is not None else memoryview(payload).cast("B")
         if self.check is not None:  # while the section is still in memory (see convert.WrittenCheck)
             self.check(i, payload, section, before)
+        if self.stats is not None:  # here, on the workers, beside compression
+            self.stats.add(section, i)
         return payload, section
 
     def write_all(self, sections: _Sections, first: int, count: int) -> None:
@@ -371,8 +404,6 @@ class _SectionWriter:
 
     def _write_one(self, done: tuple[Any, np.ndarray]) -> None:
         payload, section = done
-        if self.stats is not None:
-            self.stats.add(section)
         _write_fully(self.f, payload)
         self.packed_bytes += len(payload)
 
