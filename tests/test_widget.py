@@ -288,3 +288,11 @@ def test_a_float64_layer_saved_as_float32_says_so_in_napari_every_time(viewer, q
     said = notifications("saved as float32")[before:]
     assert len(said) == 3 and all("doubles is float64" in s for s in said), said
     assert codec.readMRC(tmp_path / "a.mrcz")[0].dtype == np.float32
+
+
+def test_the_save_dialog_says_python_mrcz_cannot_read_float16_mrcz(viewer):
+    viewer.add_image(np.linspace(0, 1, 64, dtype=np.float16).reshape(8, 8), name="half")
+    w = dock(viewer)
+    assert "python-mrcz 0.6.0 cannot read it" in w.save_dialog().windowTitle()
+    viewer.add_image(np.zeros((8, 8), np.float32), name="single")
+    assert w.save_dialog().windowTitle() == "Save as MRCZ"

@@ -961,7 +961,10 @@ class MRCZWidget(Container):
         from qtpy.QtWidgets import QFileDialog
 
         start = proposed_save_path(self.layer.name, self.mrcz().get("source"))
-        dialog = QFileDialog(self.native, "Save as MRCZ", os.path.dirname(start), "MRCZ (*.mrcz)")
+        title = "Save as MRCZ"
+        if np.dtype(getattr(self.layer.data, "dtype", np.float32)) == np.float16:
+            title += " (float16: python-mrcz 0.6.0 cannot read it; mrcfile, IMOD and napari-mrcz can)"
+        dialog = QFileDialog(self.native, title, os.path.dirname(start), "MRCZ (*.mrcz)")
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
         dialog.setDefaultSuffix("mrcz")
         dialog.selectFile(os.path.basename(start))
