@@ -206,7 +206,32 @@ class FrameCache:
         self.budget.forget(self.token)
 
 
-class LazyStack:
+class _ArrayShape:
+    """``ndim``, ``size``, ``nbytes`` and ``len`` of an array-like from its ``shape`` and ``dtype``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole stack once decoded."""
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class LazyStack(_ArrayShape):
     """An array of shape ``(n, *frame_shape)`` whose frames are decoded on demand.
 
     Parameters
@@ -243,24 +268,6 @@ class LazyStack:
         self._transform = transform
         self._region, self._box = region, _box
         self.shape = (cache.n if n is None else n, *self.frame_shape)
-
-    @property
-    def ndim(self) -> int:
-        """Number of axes."""
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the whole stack once decoded."""
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __repr__(self) -> str:
         return f"LazyStack(shape={self.shape}, dtype={self.dtype})"
@@ -340,7 +347,7 @@ class LazyStack:
         return out if dtype is None else out.astype(dtype)
 
 
-class LazyVolumes:
+class LazyVolumes(_ArrayShape):
     """An array of shape ``(n, slices, *frame_shape)``: a stack of volumes whose sections decode on demand.
 
     Volume ``j`` is sections ``j * slices`` ... ``(j + 1) * slices - 1`` of a
@@ -372,24 +379,6 @@ class LazyVolumes:
         self.dtype = np.dtype(dtype)
         self._transform = transform
         self.shape = (cache.n // self.slices, self.slices, *self.frame_shape)
-
-    @property
-    def ndim(self) -> int:
-        """Number of axes."""
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the whole stack once decoded."""
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __repr__(self) -> str:
         return f"LazyVolumes(shape={self.shape}, dtype={self.dtype})"
