@@ -230,6 +230,8 @@ def test_two_sources_with_one_target_are_refused_naming_both(tmp_path):
     out = tmp_path / "plain"
     with pytest.raises(ValueError, match="x.mrc and .*x.mrcz would both be written to .*x.mrc"):
         batch.plan([src], out, compressed=False)
+    with pytest.raises(ValueError, match="would both be written"):  # in place: x.mrc is the user's, not ours
+        batch.plan([src], src, compressed=False)
     done = cli("decompress", str(src), "-o", str(out))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert str(src / "x.mrc") in done.stderr and str(src / "x.mrcz") in done.stderr

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import mrcfile
@@ -111,3 +112,37 @@ def test_scheduler_without_distributed_says_what_to_install(plain_env, folder, t
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert 'pip install ".[batch]"' in done.stderr and "--scheduler" in done.stderr
     assert not out.exists(), "nothing is started"
+
+
+def test_a_killed_worker_process_loses_no_file(plain_env, tmp_path):
+    import psutil
+
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        mrcz.writeMRC(rng.poisson(1.0, size=(8, 2048, 2048)).astype(np.int8), str(movies / f"m{i}.mrc"))
+    python, env = plain_env
+    out = tmp_path / "out"
+    command = subprocess.Popen([*python, "-m", "napari_mrcz", "compress", str(movies), "-o", str(out),
+                                "--workers", "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    killed = None
+    while command.poll() is None and killed is None:
+        for child in psutil.Process(command.pid).children(recursive=True):
+            try:
+                if "spawn_main" in " ".join(child.cmdline()) and list(out.glob("*.mrcz")):
+                    child.kill()  # a worker, once the batch is under way
+                    killed = child.pid
+                    break
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    stdout, stderr = command.communicate(timeout=300)
+    assert killed is not None, "the batch ended before a worker could be killed"
+    info = json.loads(stdout)
+    assert command.returncode == 0 and info["done"] == 12 and info["failed"] == 0, stderr
+    for i in range(12):
+        np.testing.assert_array_equal(mrcz.readMRC(str(out / f"m{i}.mrc.mrcz"))[0],
+                                      mrcz.readMRC(str(movies / f"m{i}.mrc"))[0])
+    assert not list(out.glob(".*")), "no temporary file left"

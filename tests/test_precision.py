@@ -251,3 +251,38 @@ def test_the_written_check_finds_a_chunk_that_decodes_to_something_else_and_a_ch
         wrong(0, chunk(np.ascontiguousarray(data[1])), data[0], None)  # section 1's chunk for section 0
     with pytest.raises(VerificationError, match="section 0 does not decode"):
         wrong.on_disk(path, 4, source="src")
+
+
+def test_a_rerun_with_other_precision_writes_again_and_the_same_skips(tmp_path):
+    from napari_mrcz.codec.convert import convert
+
+    source = tmp_path / "tomo.rec"
+    codec.writeMRC(samples.tomogram(4, 64), source)
+    target = tmp_path / "tomo.rec.mrcz"
+    assert convert(source, target, keepbits=4).status == "done"
+    assert convert(source, target, keepbits=4).status == "skipped"
+    again = convert(source, target)  # lossless asked: the 4-bit file is not what was asked
+    assert again.status == "done"
+    np.testing.assert_array_equal(codec.readMRC(target)[0], codec.readMRC(source)[0])
+    assert convert(source, target).status == "skipped"
+    assert convert(source, target, keepbits="auto").status == "done"
+    assert convert(source, target, keepbits="auto", max_error=0.1).status == "done"
+    assert convert(source, target, keepbits="auto", max_error=0.1).status == "skipped"
+
+
+def test_the_lossy_label_leaves_our_label_and_the_batch_stamp_in_place(tmp_path):
+    import mrcfile
+
+    from napari_mrcz.codec.convert import convert
+
+    source = tmp_path / "imod.rec"
+    with mrcfile.new(source) as mrc:
+        mrc.set_data(samples.tomogram(2, 32))
+        for k in range(9):
+            mrc.add_label(f"IMOD label {k}")
+    target = tmp_path / "imod.rec.mrcz"
+    assert convert(source, target, keepbits=8).status == "done"
+    labels = _labels(target)
+    assert len(labels) == 10 and any(t.startswith("lossy:") for t in labels)
+    assert "batch source" in labels[-1] and "napari-mrcz" in labels[-2], "ours last, as before"
+    assert convert(source, target, keepbits=8).status == "skipped", "the stamp is still there"

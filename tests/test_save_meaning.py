@@ -143,3 +143,15 @@ def test_every_plain_file_we_write_opens_in_mrcfile_without_permissive(viewer, t
             assert mrc.data.size == shown.size
             np.testing.assert_allclose(mrc.data.reshape(shown.shape).astype(np.float64),
                                        shown.astype(np.float32).astype(np.float64), rtol=1e-6)
+
+
+def test_python_mrcz_quick_statistics_are_not_copied_as_if_exact(tmp_path, rng):
+    from napari_mrcz.codec.convert import convert
+
+    data = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    data[0] = 0  # python-mrcz's quick statistics come from frame 0 alone: (0, 0, 0, 0)
+    mrcz.writeMRC(data, str(tmp_path / "quick.mrc"))
+    out = tmp_path / "plain.mrc"
+    assert convert(tmp_path / "quick.mrc", out, compressed=False).status == "done"
+    assert header_stats(out) == (0.0, -1.0, -2.0, -1.0), "MRC2014's 'not computed', not frame 0's"
+    assert mrcfile.validate(str(out))

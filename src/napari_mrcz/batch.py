@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,16 @@ def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compr
             target = dest / rel.parent / target_name(rel.name, compressed)
             jobs.append(Job(path, target, path.stat().st_size))
     # Writing into the source folder: the outputs of an earlier run are found as sources too.
-    # A file that is another job's target is that job's output, not a file to convert again.
-    outputs = {os.path.abspath(job.target) for job in jobs}
-    jobs = [job for job in jobs if os.path.abspath(job.source) not in outputs]
+    # A file that is another job's target and records that job's source (our stamp) is its
+    # output, not a file to convert again; any other file there is the user's: a clash, below.
+    by_target = {os.path.abspath(job.target): job for job in jobs
+                 if os.path.abspath(job.target) != os.path.abspath(job.source)}
+
+    def earlier_output(job: Job) -> bool:
+        other = by_target.get(os.path.abspath(job.source))
+        return other is not None and already_done(other.source, job.source)
+
+    jobs = [job for job in jobs if not earlier_output(job)]
     first: dict[Path, Path] = {}
     for job in jobs:
         other = first.setdefault(job.target, job.source)
@@ -186,33 +194,69 @@ def _failed(job: Job, exc: BaseException) -> Outcome:
     return Outcome(str(job.source), str(job.target), "failed", f"{type(exc).__name__}: {exc}", job.nbytes)
 
 
+#: How many times a job may be running when a worker process dies before it is failed (as dask's
+#: ``allowed-failures``): the task that killed the worker is among them, the others are retried.
+ALLOWED_FAILURES = 3
+
+
 def _run_processes(jobs: list[Job], options: dict[str, Any], workers: int, quiet: bool) -> list[Outcome]:
-    """The jobs on a pool of ``workers`` spawned processes (no dask needed)."""
+    """The jobs on a pool of ``workers`` spawned processes (no dask needed).
+
+    A worker that dies (killed, out of memory) breaks the pool and every job
+    in it: a new pool takes the jobs that were not finished, and a job that
+    was running at :data:`ALLOWED_FAILURES` deaths is failed.
+    """
     if not jobs:
         return []
     workers = max(1, min(workers, len(jobs)))
     cores = max(1, (os.cpu_count() or 1) // workers)
     outcomes: dict[int, Outcome] = {}
+    deaths: dict[int, int] = {}
+    todo = list(range(len(jobs)))
+    with _Progress(jobs, quiet, f"{workers} worker process{'es' if workers > 1 else ''}") as progress:
+        while todo:
+            todo = _one_pool(jobs, todo, options, workers, cores, outcomes, deaths, progress)
+    return [outcomes[k] for k in range(len(jobs))]
+
+
+def _one_pool(jobs: list[Job], todo: list[int], options: dict[str, Any], workers: int, cores: int,
+              outcomes: dict[int, Outcome], deaths: dict[int, int], progress: _Progress) -> list[int]:
+    """Run ``todo`` on a new pool until done or the pool breaks; returns the jobs to run again."""
+    again: list[int] = []
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures: dict[Future, int] = {
-            pool.submit(convert, str(job.source), str(job.target), n_threads=cores, **options): k
-            for k, job in enumerate(jobs)}
-        with _Progress(jobs, quiet, f"{workers} worker process{'es' if workers > 1 else ''}") as progress:
-            pending = set(futures)
-            while pending:
-                done, pending = wait_futures(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    k = futures[future]
-                    try:
-                        outcomes[k] = future.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker process died under this task
-                        outcomes[k] = _failed(jobs[k], exc)
-                    progress.finished(outcomes[k])
-                progress.in_flight([jobs[futures[f]].source.name for f in pending if f.running()])
+            pool.submit(convert, str(jobs[k].source), str(jobs[k].target), n_threads=cores, **options): k
+            for k in todo}
+        pending, running = set(futures), set()
+        broken: list[int] = []
+        while pending:
+            done, pending = wait_futures(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                k = futures[future]
+                try:
+                    outcomes[k] = future.result()
+                except BrokenProcessPool:  # a worker died: every job of the pool ends so
+                    broken.append(k)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on
+                    outcomes[k] = _failed(jobs[k], exc)
+                progress.finished(outcomes[k])
+            running = {futures[f] for f in pending if f.running()} or running
+            progress.in_flight([jobs[k].source.name for k in running if k not in outcomes])
+        # the jobs that were running when it died count a death (all of them, if none was seen running)
+        suspects = [k for k in broken if k in running] or broken
+        for k in broken:
+            deaths[k] = deaths.get(k, 0) + (k in suspects)
+            if deaths[k] < ALLOWED_FAILURES:
+                again.append(k)
+            else:
+                outcomes[k] = _failed(jobs[k], RuntimeError(
+                    f"its worker process died {deaths[k]} times while it ran"))
+                progress.finished(outcomes[k])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return [outcomes[k] for k in range(len(jobs))]
+    return sorted(again)
 
 
 def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
@@ -472,7 +516,8 @@ def print_summary(info: dict[str, Any], title: str = "napari-mrcz") -> None:
     print("\n".join(summary_lines(info, title)), flush=True)
 
 
-def dry_run(jobs: list[Job], overwrite: bool) -> list[dict[str, Any]]:
+def dry_run(jobs: list[Job], overwrite: bool, keepbits: int | str | None = None,
+            max_error: float = 0.01) -> list[dict[str, Any]]:
     """What a run would do with each job, without writing anything.
 
     Parameters
@@ -481,6 +526,8 @@ def dry_run(jobs: list[Job], overwrite: bool) -> list[dict[str, Any]]:
         From :func:`plan`.
     overwrite
         Whether targets already done would be written again.
+    keepbits, max_error
+        The precision asked for: a target with another is written again.
 
     Returns
     -------
@@ -488,5 +535,6 @@ def dry_run(jobs: list[Job], overwrite: bool) -> list[dict[str, Any]]:
         ``source``, ``target``, ``bytes`` and ``action`` (``'write'`` or ``'skip'``) of each job.
     """
     return [{"source": str(j.source), "target": str(j.target), "bytes": j.nbytes,
-             "action": "skip" if not overwrite and already_done(j.source, j.target) else "write"}
+             "action": "skip" if not overwrite and already_done(j.source, j.target, keepbits, max_error)
+             else "write"}
             for j in jobs]

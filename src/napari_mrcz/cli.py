@@ -174,7 +174,8 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
         print(f"napari-mrcz: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for item in batch.dry_run(jobs, args.overwrite):
+        for item in batch.dry_run(jobs, args.overwrite, getattr(args, "keepbits", None),
+                                  getattr(args, "max_error", 0.01)):
             print(f"{item['action']:<5} {item['source']} -> {item['target']}")
         return 0
     try:
@@ -257,7 +258,8 @@ def parser() -> argparse.ArgumentParser:
                        f"batch extra: {BATCH_EXTRA} (default: local worker processes)")
         p.add_argument("--pattern", metavar="GLOB", help="only files whose name matches")
         p.add_argument("--overwrite", action="store_true", help="rewrite targets that are already done")
-        p.add_argument("--no-verify", action="store_true", help="skip decoding each output again")
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip checking each chunk and the bytes on disk")
         p.add_argument("--dry-run", action="store_true", help="say what would be done")
         p.add_argument("--quiet", action="store_true", help="no progress and no table")
         p.add_argument("--json", action="store_true", help="print the summary and every outcome as JSON")

@@ -47,17 +47,21 @@ class WritebackFile:
     not their sum. Everything else is the file's.
     """
 
-    def __init__(self, f: BinaryIO, every: int | None = None) -> None:
-        self._f, self._since = f, 0
+    def __init__(self, f: BinaryIO, every: int | None = None, target: str | None = None) -> None:
+        self._f, self._since, self._target = f, 0, target
         self._every = WRITEBACK_BYTES if every is None else every
         self._sync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have fsync only
         self._wake, self._stopping = threading.Event(), False
+        self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="mrcz-writeback", daemon=True)
         self._thread.start()
 
     def write(self, data: Any) -> int:
         """Write ``data`` (all of it or less, as an unbuffered file does); returns the bytes written."""
-        n = self._f.write(data) or 0
+        try:
+            n = self._f.write(data) or 0
+        except OSError as exc:  # a full disk, a quota: about the file the user named
+            raise (exc if self._target is None else _naming(exc, self._target, self._f.name)) from exc
         self._since += n
         if self._since >= self._every:
             self._since = 0
@@ -70,14 +74,26 @@ class WritebackFile:
             self._wake.clear()
             if self._stopping:
                 return
-            with contextlib.suppress(OSError):  # the final fsync reports what failed
+            try:
                 self._sync(self._f.fileno())
+            except OSError as exc:  # reported once per file by the kernel: kept for stop() to raise
+                self._error = exc
+                return
 
     def stop(self) -> None:
-        """End the background write-backs (the caller's fsync follows)."""
+        """End the background write-backs (the caller's fsync follows).
+
+        Raises
+        ------
+        OSError
+            A write-back failed (the disk is full, or lost the data): the
+            kernel reports that once, to the first sync, which was ours.
+        """
         self._stopping = True
         self._wake.set()
         self._thread.join()
+        if self._error is not None:
+            raise self._error
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
@@ -110,30 +126,28 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb+", buffering=0) as raw:
             os.chmod(tmp, _new_file_mode(target))  # mkstemp's 0600 would hide the file from the group
-            f = WritebackFile(raw)
+            f = WritebackFile(raw, target=target)
             try:
                 yield f  # type: ignore[misc]
-            finally:
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    f.stop()
+                raise
+            try:
                 f.stop()
-            os.fsync(raw.fileno())
+                os.fsync(raw.fileno())
+            except OSError as exc:
+                raise _naming(exc, target, tmp) from exc
         replace(tmp, target)
-    except BaseException as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
-            named = _naming(exc, target, tmp)
-            if named is not exc:
-                raise named from exc
         raise
 
 
-def _naming(exc: OSError, target: str, tmp: str | None = None) -> OSError:
-    """The error about ``target``, which the user named, where it names the temporary file or no file.
-
-    An error that names another file (a source that failed to read) is left as it is.
-    """
-    about_tmp = exc.filename is not None and exc.filename == tmp or tmp is not None and tmp in str(exc)
-    if not about_tmp and (exc.filename is not None or target in str(exc)):
+def _naming(exc: OSError, target: str, tmp: Any = None) -> OSError:
+    """A file operation's error about ``target``, which the user named, not the temporary file beside it."""
+    if target in str(exc) and (tmp is None or str(tmp) not in str(exc)):
         return exc
     try:
         return type(exc)(exc.errno, f"cannot write {target}: {exc.strerror or exc}", target)

@@ -50,7 +50,7 @@ from .export import (
 )
 from .header import HEADER_BYTES, MODE_UINT4
 from .narrowing import auto_dtype, plain_mrc_dtype
-from .precision import check_keepbits
+from .precision import PRECISION_KEY, check_keepbits, mantissa_bits
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
 
@@ -141,21 +141,45 @@ def source_stamp(path: str | os.PathLike) -> str:
     return "batch source " + hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
-def already_done(source: str | os.PathLike, target: str | os.PathLike) -> bool:
-    """Whether ``target`` exists and records this very ``source`` (same path, size and mtime).
+def already_done(source: str | os.PathLike, target: str | os.PathLike, keepbits: int | str | None = None,
+                 max_error: float = 0.01) -> bool:
+    """Whether ``target`` exists, records this very ``source`` and has the precision asked for.
 
-    Only the target's header is read. A target under its final name was
-    verified before it was renamed, so this is enough.
+    The source is the same path, size and modification time (a label of
+    ours). The precision: lossless (``keepbits=None``) finds a target with no
+    rounding record but its source's; ``keepbits`` finds one rounded the same
+    way (``'auto'``: with the same ``max_error``), or an integer target
+    (integers are never rounded). Only headers are read. A target under its
+    final name was verified before it was renamed, so this is enough.
     """
     if not os.path.isfile(target):
         return False
     try:
         with MRCStack(target) as stack:
-            labels = stack.header.labels
+            labels, kind = stack.header.labels, stack.header.dtype.kind
+            record = (stack.header.json_meta or {}).get(PRECISION_KEY)
     except (ValueError, OSError):
         return False
     stamp = source_stamp(source)
-    return any(label.endswith(stamp) for label in labels)
+    if not any(label.endswith(stamp) for label in labels):
+        return False
+    got = record.get("keepbits") if isinstance(record, dict) and record.get("lossy") else None
+    if keepbits is None:
+        return got is None or record == _precision_record(source)
+    if kind not in "fc":
+        return True
+    if keepbits == "auto":
+        return isinstance(got, list) and record.get("max_error") == max_error
+    return got == keepbits
+
+
+def _precision_record(path: str | os.PathLike) -> Any:
+    """The rounding record an MRC/MRCZ file's JSON metadata holds (``None``: none, or not MRC)."""
+    try:
+        with MRCStack(path) as stack:
+            return (stack.header.json_meta or {}).get(PRECISION_KEY)
+    except (ValueError, OSError):
+        return None
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
@@ -213,7 +237,9 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     compressed, compressor, clevel, backend
         MRCZ with this blosc compressor, or plain MRC2014.
     verify
-        Decode the new file again and compare every z-section's hash with the source's.
+        Check every section's chunk against the section while it is in
+        memory, and the file's bytes on disk against the chunks (see
+        :class:`WrittenCheck`).
     overwrite
         Replace a target even if it already records this source.
     n_threads
@@ -241,7 +267,7 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     try:
         out.bytes_in = os.path.getsize(source)
         _remove_leftovers(target)
-        if not overwrite and already_done(source, target):
+        if not overwrite and already_done(source, target, keepbits, max_error):
             out.status, out.bytes_out = "skipped", target.stat().st_size
             return out
         if n_threads:
@@ -301,6 +327,8 @@ def _write_verified(opened: ImageSource, target: Path, out: Outcome, compressed:
              else stored_dtype(opened.dtype, opened.path))
     if keepbits is not None and (write_dtype is not None or dtype.kind not in "fc"):
         keepbits = None  # integers (or whole numbers stored as such) are exact already
+    elif isinstance(keepbits, int):  # --keepbits 12 keeps all 10 bits of a float16 file
+        keepbits = min(keepbits, mantissa_bits(dtype))
     check_keepbits(keepbits, dtype)
     out.keepbits = keepbits
 

@@ -238,7 +238,8 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
         fields["check"] = check
     stats = tuple(header.get(k) for k in ("dmin", "dmax", "dmean", "rms"))
     if unchanged:  # the source's, as they were; MRC2014's "not computed" where it had none that hold
-        fields["stats"] = stats if _determined(stats) else NOT_COMPUTED
+        trusted = _determined(stats) and mrcz.get("written_by") != "python-mrcz"
+        fields["stats"] = stats if trusted else NOT_COMPUTED
     slices = int(mrcz.get("slices") or 0)
     if data.ndim > 3:
         frames: Any = [Frame(data, i) for i in range(data.shape[0])]
@@ -265,8 +266,8 @@ NOT_COMPUTED = (0.0, -1.0, -2.0, -1.0)
 def _determined(stats: tuple) -> bool:
     """Whether a header's (DMIN, DMAX, DMEAN, RMS) describe data: not MRC2014's "not computed" marks.
 
-    python-mrcz's quick statistics (RMS 0 and DMEAN the mid-range, for data
-    that is not constant) are not.
+    python-mrcz's quick statistics (from its first frame, RMS 0) are not:
+    files python-mrcz wrote are not asked.
     """
     if None in stats or not all(np.isfinite(v) for v in stats):
         return False

@@ -596,7 +596,9 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     def header(packed_bytes: int = 0) -> bytes:
         if rounding is not None:  # a label says so (an earlier rounding's gives way to this one's)
             labels = [t for t in kept["labels"] if not t.startswith(b"lossy:")]
-            kept["labels"] = [*labels[:9], rounding.label().encode("latin-1", "replace")[:80]]
+            ours = [t for t in labels if b"napari-mrcz" in t]  # our label and stamp stay, last
+            theirs = [t for t in labels if b"napari-mrcz" not in t][:9 - len(ours)]
+            kept["labels"] = [*theirs, rounding.label().encode("latin-1", "replace")[:80], *ours]
         return build_header(
             shape=(nz, ny, nx), mode=mode, byteorder=byteorder, pixelsize_A=pixel_A,
             stats=tuple(given) if given is not None else None if stats is None else stats.result(),

@@ -14,12 +14,15 @@ labelled.
 ``keepbits='auto'`` picks, for each section, the fewest bits whose RMS
 rounding error is at most ``max_error`` times the section's noise level.
 The noise level is estimated from the differences of neighbouring pixels
-along x: for white noise of SD sigma they have SD sigma * sqrt(2), and a
-signal that varies slowly from one pixel to the next adds little to them.
-Their median absolute deviation (x 1.4826 / sqrt(2)) is that SD, robust to
-edges and hot pixels. Where neighbouring noise is correlated (a low-passed
-map), the estimate is lower than the noise, so more bits are kept: the error
-is never larger than asked for.
+along x and along y (the smaller of the two): for white noise of SD sigma
+they have SD sigma * sqrt(2), and a signal that varies slowly from one pixel
+to the next adds little to them. Their median absolute deviation (x 1.4826 /
+sqrt(2)) is that SD, robust to edges and hot pixels. Where neighbouring noise
+is correlated (a low-passed map), the estimate is lower than the noise, so
+more bits are kept. A signal that changes from pixel to pixel as much as the
+noise in both directions (a lattice at Nyquist) raises the estimate, and the
+error can then exceed ``max_error``: such data wants a fixed ``keepbits`` or
+none.
 """
 
 from __future__ import annotations
@@ -106,10 +109,19 @@ def noise_level(section: np.ndarray) -> float:
     if np.iscomplexobj(values):
         values = np.concatenate([values.real, values.imag])
     rows = values[:: max(1, values.shape[0] // 16)]  # ~16 rows: some 10^4 differences, enough
-    diffs = np.diff(rows.astype(np.float32, copy=False), axis=-1).ravel()
+    levels = [_mad_sd(np.diff(rows.astype(np.float32, copy=False), axis=-1))]
+    if values.shape[0] > 1:  # and along y, in ~16 columns: the smaller of the two (a pattern in x or y)
+        columns = values[:, :: max(1, values.shape[1] // 16)]
+        levels.append(_mad_sd(np.diff(columns.astype(np.float32, copy=False), axis=0)))
+    found = [v for v in levels if v is not None]
+    return min(found) if found else 0.0
+
+
+def _mad_sd(diffs: np.ndarray) -> float | None:
+    """The SD of the noise behind neighbours' differences (MAD x 1.4826 / sqrt 2); ``None``: none finite."""
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
-        return 0.0
+        return None
     mad = float(np.median(np.abs(diffs - np.median(diffs))))
     if mad == 0.0:  # more than half the differences are equal (counts, masks): the mean deviation
         mad = float(np.mean(np.abs(diffs - np.median(diffs)))) / 1.2533
@@ -152,7 +164,8 @@ class Rounding:
 
     def __init__(self, keepbits: int | str, max_error: float, dtype: Any, n: int) -> None:
         check_keepbits(keepbits, dtype)
-        if not (np.isfinite(max_error) and max_error > 0):
+        if keepbits == "auto" and not (isinstance(max_error, (int, float)) and np.isfinite(max_error)
+                                       and max_error > 0):
             raise ValueError(f"max_error must be a positive fraction of the noise level, got {max_error!r}")
         self.keepbits, self.max_error, self.n = keepbits, float(max_error), n
         self.bits = mantissa_bits(dtype)

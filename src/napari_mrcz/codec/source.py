@@ -143,6 +143,7 @@ def _open_mrc(path: str) -> ImageSource:
         microscope["voltage"] = float(ht[0]) / 1000.0  # FEI states the high tension in V
     mrcz = {
         "source": path, "format": "MRCZ" if h.is_compressed else "MRC", "compressor": h.compressor,
+        "written_by": h.written_by,
         "shape": list(h.shape), "dtype": h.dtype.name, "size_on_disk": stack.size_on_disk,
         "slices": h.slices, "stack": not volume and nz > 1,
         **microscope, "meta": dict(h.json_meta or {}),
