@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from . import blosc_chunks
-from .mrc import _file_dtype
+from .export import stored_dtype
+from .header import HEADER_BYTES  # MRCZ's JSON metadata after it is not counted: it is small
 from .precision import auto_keepbits, check_keepbits, round_mantissa
 
-#: Bytes of an MRC header (MRCZ's JSON metadata after it is not counted: it is small).
-HEADER_BYTES = 1024
 #: Sections up to this many bytes (in the file's type) are compressed whole; larger ones in part.
 SAMPLE_BYTES = 8 << 20
 #: Bands of rows a larger section is measured on, evenly spread from its top to its bottom.
@@ -120,7 +119,7 @@ def estimate_section(section: Any, compressor: str | None, clevel: int = 1,
     given = np.asarray(section)
     if given.ndim < 2:
         given = given.reshape(1, -1)
-    dtype = _file_dtype(given.dtype, None, "=", "")[0].newbyteorder("=")
+    dtype = stored_dtype(given.dtype)
     raw = int(given.size) * dtype.itemsize
     kept = None
     if keepbits is not None:

@@ -46,13 +46,10 @@ class Sections:
         ``get(i) -> ndarray``: z-section ``i``.
     n, frame_shape, dtype
         Its shape and type.
-    on_read
-        Called as ``on_read(i, section)`` with every section read (for checksums).
     """
 
-    def __init__(self, get: Callable[[int], Any], n: int, frame_shape: tuple[int, ...], dtype: Any,
-                 on_read: Callable[[int, np.ndarray], None] | None = None) -> None:
-        self._get, self.on_read = get, on_read
+    def __init__(self, get: Callable[[int], Any], n: int, frame_shape: tuple[int, ...], dtype: Any) -> None:
+        self._get = get
         self.shape = (n, *frame_shape)
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
@@ -61,10 +58,7 @@ class Sections:
         return self.shape[0]
 
     def __getitem__(self, i: int) -> np.ndarray:
-        section = np.asarray(self._get(int(i)))
-        if self.on_read is not None:
-            self.on_read(int(i), section)
-        return section
+        return np.asarray(self._get(int(i)))
 
     def frames(self) -> list[Frame]:
         """One lazy :class:`Frame` per section: written as a list, the file records a stack."""
@@ -139,9 +133,7 @@ def json_axes(labels: list[str], scales: list[float], units: list[str]) -> list[
             for a, s, u in zip(labels, scales, units, strict=False)]
 
 
-def source_sections(source: ImageSource,
-                    on_read: Callable[[int, np.ndarray], None] | None = None,
-                    n_threads: int | None = None) -> Sections:
+def source_sections(source: ImageSource, n_threads: int | None = None) -> Sections:
     """The z-sections of an opened file as the napari reader shows them, read one at a time.
 
     ``n_threads`` caps MRCZ decompression threads (default: the codec's).
@@ -161,16 +153,16 @@ def source_sections(source: ImageSource,
     # the pages of a 20 GB movie would stay resident as the map is walked.
     if isinstance(handle, MRCStack) and len(source.shape) == 3:
         return Sections(lambda i: handle.read(i, i + 1, n_threads=n_threads)[0], source.shape[0],
-                        source.shape[1:], source.dtype, on_read)
+                        source.shape[1:], source.dtype)
     if isinstance(handle, DMFile) and len(source.shape) == 3 and not handle.main_image.is_fft:
         return Sections(lambda i: handle.read(None, i, i + 1)[0], source.shape[0], source.shape[1:],
-                        source.dtype, on_read)
+                        source.dtype)
     data = source.data
     if data.ndim == 1:
         data = data[None]
     if data.ndim == 2:
-        return Sections(lambda i: data, 1, data.shape, data.dtype, on_read)
-    return Sections(lambda i: data[i], data.shape[0], data.shape[1:], data.dtype, on_read)
+        return Sections(lambda i: data, 1, data.shape, data.dtype)
+    return Sections(lambda i: data[i], data.shape[0], data.shape[1:], data.dtype)
 
 
 def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[float], *,

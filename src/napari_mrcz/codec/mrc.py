@@ -572,10 +572,10 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
     pixel_A = _pixelsize_A(pixelsize, pixelunits)
     rounding = None
     if keepbits is not None:
-        if base_mode == MODE_UINT4 or file_dtype.kind not in "fc":
-            raise ValueError(f"{path}: keepbits rounds float mantissas; {file_dtype.name} data is stored "
-                             "exactly already")
-        rounding = Rounding(keepbits, max_error, file_dtype.newbyteorder("="), nz)
+        try:  # it refuses integers (uint4 included: stored as u1) and counts out of range
+            rounding = Rounding(keepbits, max_error, file_dtype.newbyteorder("="), nz)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         meta = {**(meta or {}), PRECISION_KEY: rounding.placeholder()}  # room for the final record
     ext = _json_bytes(meta)
     if compressor is not None or base_mode == MODE_UINT4:
