@@ -141,7 +141,10 @@ def test_a_killed_worker_process_loses_no_file(plain_env, tmp_path):
     stdout, stderr = command.communicate(timeout=300)
     assert killed is not None, "the batch ended before a worker could be killed"
     info = json.loads(stdout)
-    assert command.returncode == 0 and info["done"] == 12 and info["failed"] == 0, stderr
+    # the killed worker's job runs again: written again, or found done and verified if the worker
+    # had renamed its file just before it died
+    assert command.returncode == 0 and info["failed"] == 0, stderr
+    assert info["done"] + info["skipped"] == 12 and info["skipped"] <= 1, info
     for i in range(12):
         np.testing.assert_array_equal(mrcz.readMRC(str(out / f"m{i}.mrc.mrcz"))[0],
                                       mrcz.readMRC(str(movies / f"m{i}.mrc"))[0])
