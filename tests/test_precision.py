@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mrcz
@@ -34,6 +35,55 @@ def test_rounding_equals_numcodecs_bitround_bit_for_bit(rng, keepbits):
         numcodecs.BitRound(keepbits).encode(values.copy()), np.float32)
     theirs = np.asarray(theirs).reshape(ours.shape)  # plain MRC volumes: python-mrcz reads MZ as slices
     np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+def reference_round(x: float, keepbits: int, bits: int = 23, min_exponent: int = -126) -> float:
+    """One value rounded to ``keepbits`` mantissa bits, by arithmetic rather than bit masks.
+
+    A float of exponent E (E >= min_exponent; subnormals share min_exponent)
+    is a multiple of 2**(E - bits); keeping ``keepbits`` bits makes it a
+    multiple of q = 2**(E - keepbits). x / q is exact (a power of two), and
+    Python's round() goes to the nearest integer with ties to even; the sign
+    stays (a small negative value rounds to -0.0).
+    """
+    if x == 0 or not math.isfinite(x):
+        return x
+    exponent = max(math.frexp(x)[1] - 1, min_exponent)
+    quantum = math.ldexp(1.0, exponent - keepbits)
+    return math.copysign(round(x / quantum) * quantum, x)
+
+
+def _reference(values: np.ndarray, keepbits: int) -> np.ndarray:
+    info = np.finfo(values.dtype)
+    out = [reference_round(float(v), keepbits, info.nmant, info.minexp) for v in values]
+    with np.errstate(over="ignore"):  # the largest values round up to inf, as in a narrower type
+        return np.array(out, dtype=np.float64).astype(values.dtype)
+
+
+@pytest.mark.parametrize("keepbits", [0, 1, 5, 8, 12, 22, 23])
+def test_rounding_equals_an_arithmetic_reference(rng, keepbits):
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    values = np.concatenate([
+        rng.normal(size=4000) * 10.0 ** rng.integers(-40, 38, 4000),
+        np.array([1.0 + k * 2.0 ** -23 for k in range(64)]),  # the ties of every low-bit pattern near 1
+        np.array([2.0 ** -126 * (1 - 2.0 ** -23), 2.0 ** -126, 3.4028235e38, -3.4028235e38, 1.5, 2.5, -2.5]),
+    ]).astype(np.float32)
+    edges = [tiny, 3 * tiny, -7 * tiny, np.inf, -np.inf, -0.0, 0.0]
+    values = np.concatenate([values, edges]).astype(np.float32)
+    ours = values.copy()
+    round_mantissa(ours, keepbits)
+    np.testing.assert_array_equal(ours.view(np.uint32), _reference(values, keepbits).view(np.uint32))
+    zeros = values == 0
+    assert np.signbit(ours[zeros]).tolist() == np.signbit(values[zeros]).tolist(), "-0.0 stays -0.0"
+
+
+def test_float16_rounding_equals_the_reference(rng):
+    values = (rng.normal(size=3000) * 10.0 ** rng.integers(-6, 4, 3000)).astype(np.float16)
+    values = np.concatenate([values, np.array([65504, -65504, 6e-8, 1.0 + 2**-10, 1.5], np.float16)])
+    for keepbits in (0, 3, 7, 10):
+        ours = values.copy()
+        round_mantissa(ours, keepbits)
+        np.testing.assert_array_equal(ours.view(np.uint16), _reference(values, keepbits).view(np.uint16))
 
 
 def test_nan_stays_nan_and_ties_go_to_even():
@@ -81,6 +131,36 @@ def test_auto_keeps_the_fewest_bits_within_max_error_of_the_noise(rng, sigma):
     assert rms[bits] <= 0.01 * sigma * 1.05, "within max_error (a 5% margin for the subsample)"
     assert rms[bits - 1] > 0.01 * sigma * 0.95, "one bit fewer would not be"
     assert auto_keepbits(section, 0.1) < bits < auto_keepbits(section, 0.001)
+
+
+def test_under_auto_the_error_bound_holds_for_every_section(tmp_path, rng):
+    """Sections of every kind: smooth + noise at many levels, a lattice, a sparse mask, NaNs, huge values."""
+    y, x = np.mgrid[0:192, 0:192].astype(np.float32)
+    sections = []
+    for sigma in (1e-3, 0.05, 1.0, 40.0, 1e5):
+        sections.append(100.0 * sigma * np.sin(x / 30.0) + rng.normal(size=x.shape) * sigma)
+    sections.append(np.where((x + y) % 2 == 0, 1.0, -1.0) + rng.normal(size=x.shape) * 0.01)  # Nyquist
+    sparse = np.zeros(x.shape)
+    sparse[rng.random(x.shape) < 0.02] = rng.normal(size=int((rng.random(x.shape) < 0.02).sum()) or 1)[0]
+    sections.append(sparse)
+    holes = 5.0 + rng.normal(size=x.shape)
+    holes[::7, ::5] = np.nan
+    sections.append(holes)
+    sections.append(3e37 + rng.normal(size=x.shape) * 1e36)  # near float32's top: rounding may reach inf
+    sections.append(samples.tomogram(2, 192)[1])
+    # a pattern the regular subsample misses: it sees every 4th column (small values), not the large ones
+    sections.append(np.where(x % 4 == 0, 1.0, 1e4) + rng.normal(size=x.shape) * 0.1)
+    volume = np.stack(sections).astype(np.float32)
+    for max_error in (0.001, 0.01, 0.2):
+        path = tmp_path / f"auto-{max_error}.mrcz"
+        codec.writeMRC(volume, path, compressor="zstd", keepbits="auto", max_error=max_error)
+        back, meta = codec.readMRC(path)
+        assert len(meta[PRECISION_KEY]["keepbits"]) == len(sections)
+        for i, (got, want) in enumerate(zip(back, volume, strict=True)):
+            finite = np.isfinite(want)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            rms = np.sqrt(np.mean((got[finite].astype(np.float64) - want[finite]) ** 2))
+            assert rms <= max_error * noise_level(want), f"section {i}, max_error {max_error}"
 
 
 def test_a_rounding_leaves_the_callers_data_alone_and_records_what_it_kept(rng):

@@ -21,8 +21,12 @@ sqrt(2)) is that SD, robust to edges and hot pixels. Where neighbouring noise
 is correlated (a low-passed map), the estimate is lower than the noise, so
 more bits are kept. A signal that changes from pixel to pixel as much as the
 noise in both directions (a lattice at Nyquist) raises the estimate, and the
-error can then exceed ``max_error``: such data wants a fixed ``keepbits`` or
-none.
+error can then exceed ``max_error`` of the real noise: such data wants a fixed
+``keepbits`` or none.
+
+The choice is made on a regular subsample of each section (bisection on
+:data:`SAMPLE` values), then checked on the whole section: against the
+estimated noise level, the bound holds for every section.
 """
 
 from __future__ import annotations
@@ -154,6 +158,30 @@ def auto_keepbits(section: np.ndarray, max_error: float) -> int:
     return lo
 
 
+def rms_error(rounded: np.ndarray, exact: np.ndarray) -> float:
+    """The RMS of ``rounded - exact`` over the finite values of ``exact``, in strips (no float64 copy).
+
+    A rounding error is exact in the type itself (the dropped bits); a value
+    rounded to inf makes it inf.
+    """
+    got = np.ascontiguousarray(rounded).reshape(-1)
+    want = np.ascontiguousarray(exact).reshape(-1)
+    if got.dtype.kind == "c":
+        got, want = (a.view(np.float32 if a.dtype.itemsize == 8 else np.float64) for a in (got, want))
+    total, count = 0.0, 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in range(0, got.size, STRIP):
+            e = want[start:start + STRIP]
+            d = np.subtract(got[start:start + STRIP], e)
+            finite = np.isfinite(e)
+            if not finite.all():
+                d = d[finite]
+            np.square(d, out=d)
+            total += float(d.sum(dtype=np.float64))
+            count += d.size
+    return float(np.sqrt(total / count)) if count else 0.0
+
+
 class Rounding:
     """What a write rounds: one ``keepbits`` for every section, or ``'auto'`` per section.
 
@@ -172,10 +200,24 @@ class Rounding:
         self.kept: dict[int, int] = {}
 
     def apply(self, i: int, section: np.ndarray) -> np.ndarray:
-        """Section ``i`` rounded (a new array)."""
+        """Section ``i`` rounded (a new array).
+
+        For ``'auto'``, the bits chosen on a subsample are checked on the
+        whole section: while its RMS error exceeds ``max_error`` x its noise
+        level, one more bit is kept. The bound holds for every section.
+        """
         out = np.array(section, order="C", copy=True)
-        bits = auto_keepbits(out, self.max_error) if self.keepbits == "auto" else int(self.keepbits)
-        round_mantissa(out, bits)
+        if self.keepbits != "auto":
+            bits = int(self.keepbits)
+            round_mantissa(out, bits)
+        else:
+            bits = auto_keepbits(out, self.max_error)
+            allowed = self.max_error * noise_level(out)
+            round_mantissa(out, bits)
+            while bits < self.bits and not rms_error(out, section) <= allowed:
+                bits += 1
+                out[...] = section
+                round_mantissa(out, bits)
         self.kept[i] = bits
         return out
 
