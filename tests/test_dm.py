@@ -40,12 +40,62 @@ def test_shared_dm_files_match_rosettasciio(name):
 
 
 # python-mrcz 0.6.0 itself fails on the 1D, complex, int8 and uint8 files, and reads RGBA as
-# packed uint32: these are the shared DM4 files it reads as we do.
+# packed int32 words: these are the shared DM4 files it reads (and so do we, as it does).
 PYTHON_MRCZ_READS = [
     "ncempy_dmTest_3D_int16_64-65-66.dm4", "ncempy_dmTest_float32_nonSquare_diffPixelSize.dm4",
     "rsciio_2D_MonarcCL_mono-image.dm4", "rsciio_2D_test-1.dm4", "rsciio_2D_test-10.dm4",
-    "rsciio_2D_test-12.dm4", "rsciio_2D_test-2.dm4", "rsciio_2D_test-7.dm4", "rsciio_3D_test-1.dm4",
-    "rsciio_3D_test-2.dm4"]
+    "rsciio_2D_test-12.dm4", "rsciio_2D_test-2.dm4", "rsciio_2D_test-7.dm4", "rsciio_2D_test-8.dm4",
+    "rsciio_3D_test-1.dm4", "rsciio_3D_test-2.dm4"]
+
+
+def test_python_mrcz_reads_exactly_these_shared_dm4_files():
+    """PYTHON_MRCZ_READS is every shared DM4 file python-mrcz 0.6.0 opens, so none is left unchecked."""
+    reads = []
+    for path in sorted(data_path("dm").glob("*.dm4")):
+        try:
+            mrcz.readDM4(str(path))
+        except Exception:  # noqa: BLE001 - python-mrcz fails in many ways (IndexError, TypeError ...)
+            continue
+        reads.append(path.name)
+    assert reads == sorted(PYTHON_MRCZ_READS)
+
+
+@pytest.mark.parametrize("name", PYTHON_MRCZ_READS)
+def test_read_dm4_gives_python_mrcz_every_image_rgb_included(name):
+    """Every image, thumbnails and RGB(A) ones too: python-mrcz's shape, dtype and bytes."""
+    path = str(data_path("dm", name))
+    ours, theirs = codec.readDM4(path), mrcz.readDM4(path)
+    assert len(ours.im) == len(theirs.im)
+    for mine, ref in zip(ours.im, theirs.im, strict=True):
+        np.testing.assert_array_equal(mine.shape, ref.shape)
+        assert mine.imageData.shape == ref.imageData.shape
+        assert mine.imageData.dtype == ref.imageData.dtype
+        np.testing.assert_array_equal(mine.imageData, ref.imageData, strict=True)
+        assert np.ascontiguousarray(mine.imageData).tobytes() == np.ascontiguousarray(ref.imageData).tobytes()
+
+
+def test_rgb_stays_uint8_channels_in_dmfile_and_the_napari_reader():
+    """Only readDM4 packs RGB(A) as python-mrcz does; DMFile and napari keep R, G, B(, A) bytes."""
+    from napari_mrcz._reader import read_layers
+
+    path = data_path("dm", "rsciio_2D_test-8.dm4")
+    with DMFile(path) as dm:
+        image = dm.main_image
+        assert image.is_rgb and image.shape == (2, 2, 4) and image.dtype == np.uint8
+        channels = dm.read(image)
+    assert channels.dtype == np.uint8 and channels.shape == (2, 2, 4)
+    assert channels[0, 0].tolist() == [1, 1, 1, 0] and channels[1, 1].tolist() == [4, 4, 4, 0]
+    # the same pixels, as readDM4's packed words (x reversed): B, G, R, A bytes of each word
+    packed = np.ascontiguousarray(codec.readDM4(str(path)).im[1].imageData[:, ::-1])
+    np.testing.assert_array_equal(packed.view(np.uint8).reshape(2, 2, 4)[..., [2, 1, 0, 3]], channels)
+    ((data, meta, kind),) = read_layers(str(path))
+    data = np.asarray(data)
+    assert kind == "image" and meta["rgb"] is True
+    assert data.dtype == np.uint8 and data.shape[:2] == (2, 2) and data.shape[-1] in (3, 4)
+    np.testing.assert_array_equal(data, channels[..., :data.shape[-1]])
+    with DMFile(data_path("dm", "rsciio_2D_MonarcCL_mono-image.dm4")) as dm:
+        thumb = dm.read(dm.images[0])
+    assert dm.images[0].is_thumbnail and thumb.dtype == np.uint8 and thumb.shape == (384, 384, 4)
 
 
 @pytest.mark.parametrize("name", PYTHON_MRCZ_READS)
@@ -95,7 +145,8 @@ LAYOUTS = {  # name: (data as DMFile returns it, image_entry keyword arguments)
 def test_read_dm4_opens_every_layout(tmp_path, rng, layout):
     """python-mrcz reverses the second axis of what DMFile reads (x of an image, y of a stack).
 
-    Spectra have no second axis and stay as they are; the RGB channel axis is never flipped.
+    Spectra have no second axis and stay as they are; RGB(A) pixels are python-mrcz's packed
+    int32 words (B, G, R, A bytes, as stored), the image's own shape, flipped alike.
     """
     shape, kwargs = LAYOUTS[layout]
     data = (rng.integers(0, 256, size=shape).astype(np.uint8) if kwargs.get("rgb")
@@ -104,8 +155,12 @@ def test_read_dm4_opens_every_layout(tmp_path, rng, layout):
     with DMFile(tmp_path / "l.dm4") as dm:
         np.testing.assert_array_equal(dm.read(), data)
     got = codec.readDM4(str(tmp_path / "l.dm4")).im[-1].imageData
-    spatial = data.ndim - bool(kwargs.get("rgb"))
-    np.testing.assert_array_equal(got, data[:, ::-1] if spatial >= 2 else data)
+    if kwargs.get("rgb"):
+        data = np.ascontiguousarray(data[..., [2, 1, 0, 3]]).view("<i4")[..., 0]
+    np.testing.assert_array_equal(got, data[:, ::-1] if data.ndim >= 2 else data, strict=True)
+    if data.ndim in (2, 3):  # python-mrcz fails on spectra and 4D spectrum images
+        theirs = mrcz.readDM4(str(tmp_path / "l.dm4")).im[-1].imageData
+        np.testing.assert_array_equal(got, theirs, strict=True)
 
 
 @pytest.mark.parametrize("data_type,kwargs", [(27, {}), (5, {}), (3, {})], ids=["half FFT", "packed FFT",

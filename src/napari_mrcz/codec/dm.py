@@ -8,7 +8,8 @@ frames with positioned reads, and :meth:`DMFile.memmap` maps the data.
 
 :class:`readDM4` is python-mrcz 0.6.0's class on top of it, with its
 ``imageInfo`` keys and its orientation: python-mrcz reverses the second axis
-(x of a 2D image, y of a 3D stack), and so do we, as a view.
+(x of a 2D image, y of a 3D stack), and so do we, as a view. RGB(A) images are
+python-mrcz's too there: each pixel's 4 bytes as one packed word (``int32``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ DM_DATA_TYPES = {
 _DATA_TYPE_OF_ELEMENT = {"i2": 1, "f4": 2, "u1": 6, "i4": 7, "i1": 9, "u2": 10, "u4": 11, "f8": 12,
                          "i8": 39, "u8": 40}
 RGBA_TYPES = (8, 23)
+#: Which stored byte each decoded channel (R, G, B, A) is: DM stores B, G, R, A.
+RGBA_FROM_FILE = [2, 1, 0, 3]
 PACKED_COMPLEX = 5
 HALF_COMPLEX = (27, 28)
 BOOL = 14
@@ -292,7 +295,7 @@ def _decode(im: DMImage, raw: np.ndarray, frames: int) -> np.ndarray:
     """Turn stored samples into the image's decoded array."""
     shape = (frames, *im.shape[1:]) if len(im.shape) > 1 and not im.is_fft else im.shape
     if im.data_type in RGBA_TYPES:  # stored as B, G, R, A bytes of a little-endian word
-        return raw.view(np.uint8).reshape(shape)[..., [2, 1, 0, 3]]
+        return raw.view(np.uint8).reshape(shape)[..., RGBA_FROM_FILE]
     if im.data_type == BOOL:
         return raw.view(bool).reshape(shape)
     if im.data_type in HALF_COMPLEX:
@@ -371,6 +374,19 @@ def _search(tree: Any, last: str, parent: str, depth_back: int = 1) -> Any:
     return None
 
 
+def _packed_rgb(im: DMImage, rgba: np.ndarray) -> np.ndarray:
+    """python-mrcz's RGB(A) image: each pixel's 4 bytes, in file order, as one word.
+
+    The word has the Data array's type (int32 in DigitalMicrograph's files, as
+    python-mrcz reads it), in the file's byte order.
+    """
+    word = im.data.dtype
+    if word.kind not in "iu" or word.itemsize != 4:
+        word = np.dtype(im.stored_dtype.byteorder + "i4")
+    in_file = np.ascontiguousarray(rgba[..., np.argsort(RGBA_FROM_FILE)])
+    return in_file.view(word).reshape(rgba.shape[:-1])
+
+
 def _image_info(im: DMImage) -> dict:
     info: dict[str, Any] = {
         "IntensityOrigin": im.intensity.origin, "IntensityScale": im.intensity.scale,
@@ -416,9 +432,11 @@ class readDM4:  # noqa: N801 - python-mrcz's public name
 
     Each entry has ``imageData`` (read into memory with its second axis
     reversed as a view, as python-mrcz does: x of a 2D image, y of a stack;
-    1D spectra are not flipped; :class:`DMFile` serves large movies frame by
-    frame, in file order, instead), ``imageInfo`` (calibrations, voltage, C3,
-    flips, detector pixel size ... under python-mrcz's keys) and ``shape``. The file is closed when
+    1D spectra are not flipped; RGB(A) pixels are python-mrcz's packed 4-byte
+    words, not channels; :class:`DMFile` serves large movies frame by frame,
+    in file order, and RGB as uint8 channels, instead), ``imageInfo``
+    (calibrations, voltage, C3, flips, detector pixel size ... under
+    python-mrcz's keys) and ``shape``. The file is closed when
     the constructor returns. ``parseTag``, ``parseTagDir``, ``discardTag`` and
     ``retrieveTagData`` parse at the position of ``self.f`` when one is set.
 
@@ -439,13 +457,15 @@ class readDM4:  # noqa: N801 - python-mrcz's public name
             self.version = dm.version
             for image in dm.images:
                 data = dm.read(image)
-                if data.ndim - image.is_rgb >= 2:  # python-mrcz reverses its second axis, as a view
+                if image.is_rgb:  # python-mrcz's packed words, shaped as the image's dimensions
+                    data = _packed_rgb(image, data)
+                shape = np.array(data.shape)
+                if data.ndim >= 2:  # python-mrcz reverses its second axis, as a view
                     data = data[:, ::-1]
                 if verbose:
                     logger.info("DM image %d %s %s at byte %d", image.index, image.shape, image.dtype,
                                 image.data.offset)
-                self.im.append(DMImageCompat(imageInfo=_image_info(image), shape=np.array(image.shape),
-                                             imageData=data))
+                self.im.append(DMImageCompat(imageInfo=_image_info(image), shape=shape, imageData=data))
 
     # python-mrcz's parsing steps, usable on an open handle positioned at a tag.
     def _parser(self) -> TagParser:
