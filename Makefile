@@ -25,6 +25,8 @@ lint:
 bench:
 	scripts/setup.sh bench
 	.venv/bin/python benchmarks/bench_codec.py
+	.venv/bin/python benchmarks/bench_durable.py
+	.venv/bin/python benchmarks/bench_edit.py
 	.venv/bin/python benchmarks/bench_dm.py
 	.venv/bin/python benchmarks/bench_portable.py
 	.venv/bin/python benchmarks/bench_batch.py

@@ -1,7 +1,7 @@
-"""The ``napari-mrcz`` command: ``info``, ``compress`` and ``decompress``.
+"""The ``napari-mrcz`` command: ``info``, ``edit``, ``compress`` and ``decompress``.
 
-A thin layer over the codec (``info``) and :mod:`napari_mrcz.batch` (the
-others, which import dask only when they run, and run without it).
+A thin layer over the codec (``info``, ``edit``) and :mod:`napari_mrcz.batch`
+(the others, which import dask only when they run, and run without it).
 """
 
 from __future__ import annotations
@@ -199,6 +199,47 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
     return 1 if info["failed"] else 0
 
 
+def _floats(n: tuple[int, ...], name: str) -> Any:
+    """An argument of ``n`` comma-separated numbers (one value, or z,y,x)."""
+    def parse(text: str) -> float | list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
+        if len(values) not in n:
+            raise argparse.ArgumentTypeError(f"{name}: give {' or '.join(map(str, n))} values "
+                                             f"(z,y,x), got {len(values)}")
+        return values[0] if len(values) == 1 else values
+    return parse
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    """``napari-mrcz edit FILE...``: header values changed in place (``--dry-run``: shown only)."""
+    from .codec.header_edit import edit_header
+
+    changes = {"pixelsize": args.pixel_size, "voltage": args.voltage, "C3": args.c3, "gain": args.gain,
+               "origin": args.origin, "label": args.label}
+    if all(v is None for v in changes.values()):
+        print("napari-mrcz edit: nothing to change (give --pixel-size, --voltage, --c3, --gain, --origin "
+              "or --label)", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.files:
+        try:
+            done = edit_header(path, dry_run=args.dry_run, **changes)
+        except (MRCFileError, OSError, ValueError) as exc:
+            message = str(exc)
+            print(message if path in message else f"{path}: {message}", file=sys.stderr)
+            status = 1
+            continue
+        word = {"dry run": "would change", "in place": "changed in place", "rewritten": "rewritten",
+                "unchanged": "already so, unchanged"}[done.how]
+        print(f"{path}: {word}")
+        for line in done.lines():
+            print(f"  {line}")
+    return status
+
+
 def _keepbits(text: str) -> int | str:
     """``--keepbits``: a whole number of mantissa bits, or ``auto``."""
     if text == "auto":
@@ -214,8 +255,8 @@ def _keepbits(text: str) -> int | str:
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    ap = argparse.ArgumentParser(prog="napari-mrcz", description="Inspect, compress and decompress "
-                                 "MRC, MRCZ and DigitalMicrograph files.")
+    ap = argparse.ArgumentParser(prog="napari-mrcz", description="Inspect, edit, compress and "
+                                 "decompress MRC, MRCZ and DigitalMicrograph files.")
     ap.add_argument("--version", action="version", version=f"napari-mrcz {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a header summary of each file")
@@ -223,6 +264,21 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
     info.add_argument("--full", action="store_true",
                       help="the whole header, the decoded extended header and DM tags")
+    edit = sub.add_parser("edit", help="change header values in place (like IMOD's alterheader), safely",
+                          description="Change header values of MRC and MRCZ files where they lie: the "
+                          "data bytes are never touched, and a journal beside the file makes the change "
+                          "safe against a crash (the next open completes or restores it). DM files are "
+                          "read-only.")
+    edit.add_argument("files", nargs="+", metavar="FILE")
+    edit.add_argument("--pixel-size", type=_floats((1, 3), "--pixel-size"), metavar="A|Z,Y,X",
+                      help="pixel size in Å: one value, or z,y,x")
+    edit.add_argument("--voltage", type=float, metavar="KV", help="acceleration voltage, kV")
+    edit.add_argument("--c3", type=float, metavar="MM", help="spherical aberration C3, mm")
+    edit.add_argument("--gain", type=float, metavar="G", help="gain, counts per electron")
+    edit.add_argument("--origin", type=_floats((3,), "--origin"), metavar="Z,Y,X", help="origin in Å, z,y,x")
+    edit.add_argument("--label", metavar="TEXT", help="add a text label (80 characters at most)")
+    edit.add_argument("--dry-run", action="store_true",
+                      help="print the values before and after; write nothing")
     names = {"compress": "SRC/a/b.dm4 -> DEST/a/b.dm4.mrcz, SRC/a/b.st -> DEST/a/b.st.mrcz (the whole "
                          "name and .mrcz; a .mrcz file keeps its name)",
              "decompress": "SRC/a/b.st.mrcz -> DEST/a/b.st, SRC/a/b.mrcz -> DEST/a/b.mrc (.mrcz dropped, "
@@ -288,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_info(args)
     if args.command == "cache":
         return cmd_cache(args)
+    if args.command == "edit":
+        return cmd_edit(args)
     return cmd_batch(args, compressed=args.command == "compress")
 
 

@@ -17,16 +17,17 @@ import contextlib
 import gzip
 import os
 import threading
+import warnings
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from . import blosc_chunks
+from . import blosc_chunks, journal
 from .errors import MRCFileError, TruncatedFileError
 from .extended import ExtendedHeader, read_extended
-from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, parse_header
+from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, MRCHeaderWarning, parse_header
 from .positioned import PositionedFile
 
 _READ_PIECE = 1 << 24
@@ -108,6 +109,9 @@ class MRCStack:
     def __init__(self, path: str | os.PathLike, *, fileConvention: str = "ccpem",
                  slices: int | None = None, n_threads: int | None = None) -> None:
         self.path = os.fspath(path)
+        recovered = journal.recover(self.path)  # an interrupted header edit is finished first
+        if recovered:
+            warnings.warn(recovered, MRCHeaderWarning, stacklevel=2)
         try:
             self._src = _open_source(self.path)
         except OSError as exc:  # Windows says PermissionError where POSIX says IsADirectoryError
