@@ -225,6 +225,22 @@ def test_a_journal_left_by_a_killed_edit_is_reported_when_the_file_is_opened(tmp
     assert path.read_bytes() == old and meta["pixelsize"].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_damaged_or_hostile_journal_never_writes_into_the_file(tmp_path, rng):
+    path = tmp_path / "map.mrc"
+    codec.writeMRC(rng.normal(size=(2, 16, 16)).astype(np.float32), path, pixelsize=[1.0, 1.0, 1.0])
+    before = path.read_bytes()
+    journal_path(path).write_bytes(rng.bytes(300))  # not a journal (a cut-off one looks the same)
+    with pytest.warns(MRCHeaderWarning, match="interrupted before it began; the file is unchanged"):
+        codec.readMRC(path)
+    assert path.read_bytes() == before and not journal_path(path).exists()
+    from napari_mrcz.codec.journal import _encode
+
+    journal_path(path).write_bytes(_encode(len(before), [(len(before) - 10, b"x" * 20, b"y" * 20)]))
+    with pytest.raises(MRCFileError, match="is not a journal of an edit of this file"):
+        codec.readMRC(path)
+    assert path.read_bytes() == before, "a region past the end is never written"
+
+
 # -- the command line ------------------------------------------------------------------
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "napari_mrcz", *args], capture_output=True, text=True,

@@ -71,6 +71,8 @@ def _decode(data: bytes) -> tuple[int, list[Region]] | None:
     total = sum(k for _, k in spans)
     if len(body) - at != 2 * total:
         return None
+    if size < 0 or any(o < 0 or k < 0 or o + k > size for o, k in spans):
+        raise ValueError("its regions lie outside the file it was made for")
     regions, old_at, new_at = [], at, at + total
     for offset, k in spans:
         regions.append((offset, body[old_at:old_at + k], body[new_at:new_at + k]))
@@ -163,7 +165,12 @@ def recover(path: str | os.PathLike) -> str | None:
         data = journal.read_bytes()
     except FileNotFoundError:
         return None
-    decoded = _decode(data)
+    try:
+        decoded = _decode(data)
+    except ValueError as exc:
+        raise MRCFileError(path, f"{journal.name} beside it is not a journal of an edit of this file "
+                                 f"({exc}): the file is left as it is; remove the journal if nobody is "
+                                 "editing it") from None
     if decoded is None:  # cut off while it was written: the file was not touched yet
         _remove(journal)
         return (f"{path}: a header edit was interrupted before it began; the file is unchanged "
