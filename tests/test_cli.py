@@ -468,3 +468,15 @@ def test_the_console_script_and_a_codec_without_dask():
              "print(sorted(m for m in ('dask', 'distributed', 'napari', 'qtpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", "the codec and the command line import no dask, napari or Qt"
+
+
+def test_info_into_a_pipe_that_closes_early_stops_quietly():
+    """``napari-mrcz info FILES | head -1``: no BrokenPipeError traceback."""
+    files = [str(data_path("mrc", "mrcz-0.6.0", "float32_zstd_meta.mrcz"))] * 200
+    info = subprocess.Popen([sys.executable, "-m", "napari_mrcz", "info", "--full", *files],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    info.stdout.readline()
+    info.stdout.close()  # the reader goes away, as head does
+    _, err = info.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert info.returncode == 1

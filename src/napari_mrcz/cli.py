@@ -339,6 +339,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 all succeeded, 1 some failed, 2 bad arguments)."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # the reader went away (``napari-mrcz info x | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit finds no pipe
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     if args.command == "info":
         return cmd_info(args)
