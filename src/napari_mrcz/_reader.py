@@ -3,6 +3,8 @@
 Thin by design: :func:`napari_mrcz.codec.source.open_image` knows the formats;
 this module turns an :class:`~napari_mrcz.codec.source.ImageSource` into
 napari ``LayerData`` tuples whose arrays decode frames only when napari asks.
+Files written from a napari Labels layer (marked so: see
+:func:`~napari_mrcz.codec.export.is_labels`) open as labels layers.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import numpy as np
 
 from ._pyramid import FillingStack, LevelFill, register, wants_pyramid, watch
 from .codec.blosc_chunks import warm
-from .codec.export import source_sections
+from .codec.export import is_labels, source_sections
 from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels, stack_3d_factor
-from .codec.lazy import LazyStack, LazyVolumes
+from .codec.lazy import LazyCast, LazyStack, LazyVolumes
 from .codec.pyramid import COARSEST_BYTES
 from .codec.source import ImageSource, open_image
 
@@ -109,6 +111,9 @@ def layer_data(source: ImageSource) -> list[LayerData]:
             ("z", float(source.mrcz.get("frame_spacing") or scale[1]), "Å")  # named a stack: still z-sections
         base.update(scale=[1.0, z[1], *scale[1:]], units=_units(["", z[2], *units[1:]]),
                     axis_labels=["volume", z[0], *labels[1:]])
+    if is_labels(source.mrcz) and np.dtype(source.dtype).kind in "biuf":  # a segmentation of ours
+        # Single-scale: the coarse levels of images are block means, which are no labels.
+        return [(labels_data(data), {**base, "name": name}, "labels")]
     variants: list[tuple[str, Any, Callable | None]] = [(name, data, None)]
     if np.dtype(source.dtype).kind == "c":
         real = np.float32 if np.dtype(source.dtype).itemsize == 8 else np.float64
@@ -130,6 +135,34 @@ def layer_data(source: ImageSource) -> list[LayerData]:
                           "contrast_limits": _contrast(source, None)}, "image")]
     return [(arr, {**base, "name": label, "contrast_limits": _contrast(source, fn)}, "image")
             for label, arr, fn in variants]
+
+
+def labels_data(data: Any) -> Any:
+    """A segmentation's data as a napari Labels layer takes it: integers, edits refused until loaded.
+
+    Plain MRC2014 has no 32-bit integer mode: labels beyond uint16 are stored
+    as float32 (whole numbers up to 2**24) and given back as int32. Data in
+    memory, or mapped copy-on-write (plain MRC), is given as it is: it can be
+    painted at once. Data decoded as it is shown (MRCZ) is given through a
+    :class:`~napari_mrcz.codec.lazy.LazyCast`, whose reads are new arrays:
+    painting it says to load it into memory first.
+
+    Parameters
+    ----------
+    data
+        The layer's data as an image layer would get it.
+
+    Returns
+    -------
+    array-like
+        ``data`` itself, or a :class:`~napari_mrcz.codec.lazy.LazyCast` of it.
+    """
+    floats = np.dtype(data.dtype).kind == "f"
+    if isinstance(data, np.ndarray) and data.flags.writeable and not floats:
+        return data
+    if floats and isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
+        return data.astype(np.int32)  # read whole already (small)
+    return LazyCast(data, np.int32 if floats else data.dtype)
 
 
 def _levels(source: ImageSource, full: Any) -> list[Any] | None:

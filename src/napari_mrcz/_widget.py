@@ -11,13 +11,21 @@ class of its own:
   they are shown and typed in;
 - :class:`Microscope`: voltage (kV), C3 (mm) and gain, "not set" where the
   file has no such field;
+- :class:`FileEdit`: "Apply to file" writes those pixel sizes and values
+  into the header of the layer's MRC or MRCZ file, in place (a worker
+  thread, through the codec's journal), the data untouched;
 - :class:`SaveSettings`: the compressor, clevel and precision (lossless, or
   lossy: float mantissas rounded) a save to MRCZ will use, and an estimate of
   the file's size and ratio from one section (:class:`SizeEstimate`, in a
   worker thread);
-- :class:`Actions`: "Save as MRCZ…", "Load into memory" and the **header
-  inspector** (every header field, labels, extended header, JSON, DM tags),
-  whose per-section line follows napari's slider.
+- :class:`Actions`: "Save as MRCZ…", "Load into memory", "Show as labels"
+  (a labels layer sharing an integer image's data, or a 0/1 float mask's)
+  and the **header inspector** (every header field, labels, extended header,
+  JSON, DM tags), whose per-section line follows napari's slider.
+
+Labels layers (segmentations) are followed too: they save as labels, and one
+read from its file as it is shown (MRCZ) cannot be painted before "Load into
+memory" (the widget says so when a painting tool is chosen).
 
 Every edit goes at once to the layer: a pixel size to ``layer.scale`` (of
 every layer read from the same file: amplitude and phase, channels), the rest
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +54,16 @@ from ._inspector import HeaderInspector
 from ._writer import DEFAULT_MAX_ERROR, angstrom, layer_saved, save_layer
 from .codec.estimate import estimate_section
 from .codec.export import stored_dtype
+from .codec.lazy import LazyCast
+from .codec.narrowing import value_range
 from .codec.precision import MANTISSA_BITS, PRECISION_KEY, describe
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, LENGTH_UNITS
 
 if TYPE_CHECKING:
     import napari
     from magicgui.widgets.bases import Widget
+
+    from .codec.header_edit import HeaderEdit
 
 COMPRESSORS = ["none", "lz4", "lz4hc", "zstd", "zlib", "blosclz"]
 #: *Precision* choices: lossless, or lossy (rounded float mantissas), automatic or a number of bits.
@@ -72,6 +84,8 @@ OTHER_DECIMALS = 6
 #: The names of a layer's last three axes where its axis labels are napari's defaults ("-3", "-2", "-1").
 AXIS_NAMES = {-3: "z", -2: "y", -1: "x"}
 NO_LAYER = "(select an image layer)"
+#: The modes of a labels layer that write to its data.
+PAINTING = ("paint", "fill", "erase", "polygon")
 
 
 def _human(nbytes: float) -> str:
@@ -151,6 +165,42 @@ def in_memory(layer: Any) -> bool:
     data = layer.data
     return (not layer.multiscale and isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
             and data.flags.writeable)
+
+
+def writable(data: Any) -> bool:
+    """Whether a layer's data can be painted: a writable numpy array (in memory, or mapped copy-on-write).
+
+    Parameters
+    ----------
+    data
+        A layer's data (its full-size level).
+
+    Returns
+    -------
+    bool
+        ``False`` for lazy stacks, whose frames are decoded from the file as they are shown.
+    """
+    return isinstance(data, np.ndarray) and bool(data.flags.writeable)
+
+
+def labels_source(layer: Any) -> bool:
+    """Whether "Show as labels" can make a labels layer of a layer: an integer, bool or float image.
+
+    A float image must hold only 0 and 1 (a mask): that is checked when the button is pressed.
+
+    Parameters
+    ----------
+    layer
+        A napari layer, or ``None``.
+
+    Returns
+    -------
+    bool
+        ``True`` for single-channel image layers of those types.
+    """
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not layer.rgb and np.dtype(full_size(layer).dtype).kind in "biuf"
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -279,11 +329,12 @@ class Selection:
         return self.layer.metadata.setdefault("mrcz", {})
 
     def family(self) -> list[Any]:
-        """The layer and every image layer sharing its ``metadata['mrcz']`` (amplitude and phase ...)."""
-        from napari.layers import Image
+        """The layer and every image or labels layer sharing its ``metadata['mrcz']`` (amplitude, phase)."""
+        from napari.layers import Image, Labels
 
         meta = self.layer.metadata.get("mrcz")
-        others = [other for other in self.viewer.layers if isinstance(other, Image) and other != self.layer
+        others = [other for other in self.viewer.layers if isinstance(other, (Image, Labels))
+                  and other != self.layer
                   and meta and other.metadata.get("mrcz") is meta and other.ndim == self.layer.ndim]
         return [self.layer, *others]
 
@@ -501,6 +552,272 @@ class Microscope(Section):
                                                      _optional_value(self.c3), _optional_value(self.gain))
 
 
+#: The microscope values "Apply to file" writes, and their units.
+MICROSCOPE_UNITS = {"voltage": "kV", "C3": "mm", "gain": ""}
+#: Units of the other values an edit reports.
+EDIT_UNITS = {"pixelsize": "Å", **MICROSCOPE_UNITS}
+
+
+def apply_refusal(mrcz: dict) -> str | None:
+    """Why "Apply to file" cannot write a layer's header, or ``None`` where it can.
+
+    Parameters
+    ----------
+    mrcz
+        The layer's ``metadata['mrcz']`` (``{}`` for layers not read by this plugin).
+
+    Returns
+    -------
+    str or None
+        The button's tooltip where it is disabled: a DM file, a gzip or bzip2
+        file, or a layer not read from an MRC or MRCZ file.
+    """
+    source, kind = mrcz.get("source"), str(mrcz.get("format") or "")
+    if not source or not kind:
+        return "not read from a file: save it as MRC or MRCZ first"
+    if kind.startswith("DM"):
+        return "DM files are read-only: save as MRC or MRCZ, then edit"
+    if str(source).lower().endswith((".gz", ".bz2")):
+        return "gzip/bzip2 files cannot be edited in place: decompress the file, open it and edit that"
+    if kind not in ("MRC", "MRCZ"):
+        return f"{kind} files cannot be edited in place"
+    return None
+
+
+def _differs(wanted: float | None, stored: float | None) -> bool:
+    """Whether a value differs from the file's, as the header's float32 holds it (``None``: not set)."""
+    if wanted is None or stored is None:
+        return (wanted is None) != (stored is None)
+    return bool(np.float32(wanted) != np.float32(stored))
+
+
+def _file_facts(path: str) -> tuple[list[float], dict]:
+    """The file's (z, y, x) pixel size in Å and its facts as the reader gives them (``metadata['mrcz']``)."""
+    from .codec.source import open_image
+
+    source = open_image(path)  # headers and indexes only
+    try:
+        return [float(v) for v in source.handle.header.pixelsize], source.mrcz
+    finally:
+        source.handle.close()
+
+
+def apply_to_file(path: str, sizes: dict[int, float],
+                  microscope: dict[str, float | None]) -> tuple[HeaderEdit, dict]:
+    """Write pixel sizes and microscope values into an MRC or MRCZ file's header, in place (a worker's job).
+
+    Only values that differ from the file's are given to
+    :func:`~napari_mrcz.codec.header_edit.edit_header`, so a field the user
+    left alone keeps its bytes.
+
+    Parameters
+    ----------
+    path
+        The file.
+    sizes
+        Å by (z, y, x) index: the header's axes to change (the others keep the file's sizes).
+    microscope
+        ``voltage`` (kV), ``C3`` (mm), ``gain``; ``None`` is "not set" (0 in the file).
+
+    Returns
+    -------
+    tuple
+        The :class:`~napari_mrcz.codec.header_edit.HeaderEdit`, and the
+        file's facts read again after it (the new ``metadata['mrcz']`` values).
+
+    Raises
+    ------
+    MRCFileError
+        A file that cannot be edited, or a value it refuses.
+    OSError
+        The file cannot be read or written.
+    """
+    from .codec.header_edit import edit_header
+
+    pixelsize, before = _file_facts(path)
+    changes: dict[str, Any] = {}
+    wanted = list(pixelsize)
+    for k, size in sizes.items():
+        wanted[k] = float(size)
+    if any(_differs(a, b) for a, b in zip(wanted, pixelsize, strict=True)):
+        changes["pixelsize"] = wanted
+    for name, value in microscope.items():
+        if _differs(value, before.get(name)):
+            changes[name] = 0.0 if value is None else float(value)  # MRC's 0 is "not set"
+    done = edit_header(path, **changes)
+    return done, _file_facts(path)[1]
+
+
+def _edit_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        values = [f"{v:g}" if isinstance(v, float) else str(v) for v in value]
+        return values[0] if values and len(set(values)) == 1 else ", ".join(values)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe_edit(done: HeaderEdit) -> str:
+    """The result line of "Apply to file": ``applied in place: pixelsize 1 → 13.48 Å; voltage 0 → 300 kV``.
+
+    Parameters
+    ----------
+    done
+        What :func:`~napari_mrcz.codec.header_edit.edit_header` did.
+
+    Returns
+    -------
+    str
+        One line.
+    """
+    if done.how == "unchanged":
+        return "nothing to apply: the file says this already"
+    parts = []
+    for name, after in done.after.items():
+        unit = EDIT_UNITS.get(name, "")
+        parts.append(f"{name} {_edit_value(done.before[name])} → {_edit_value(after)}"
+                     + (f" {unit}" if unit else ""))
+    return f"applied {done.how}: " + "; ".join(parts)
+
+
+class FileEdit(Section):
+    """*Apply to file*: the pixel sizes, voltage, C3 and gain written into the header of the layer's file.
+
+    The header is written in place through the codec's journal (safe against
+    a crash), off the event loop (an fsync may take long on a network disk);
+    the data bytes are not touched, so a lazily read layer keeps reading its
+    frames where they were. Then ``metadata['mrcz']``, shared by every layer
+    read from the file, is updated from the file read again, and ``edited``
+    is called with it. Only for MRC and MRCZ files (:func:`apply_refusal`).
+
+    Parameters
+    ----------
+    selection
+        The widget's selected layer.
+    pixels
+        The pixel size section, whose axes say which are lengths.
+    edited
+        Called (in the main thread) with the ``metadata['mrcz']`` updated after an edit.
+    """
+
+    def __init__(self, selection: Selection, pixels: PixelSizes, edited: Callable[[dict], None]) -> None:
+        self.selection = selection
+        self.pixels = pixels
+        self.edited = edited
+        self.button = PushButton(text="Apply to file")
+        self.result = Label(label="", value="")
+        self.rows = [self.button, self.result]
+        self._worker: Any = None
+        self._result_for: dict | None = None  # the metadata['mrcz'] the result line is of
+        self.button.changed.connect(lambda *_: self.apply())
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.result.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.result.native.setWordWrap(True)
+        self.result.visible = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether an edit is running (its end not yet handled)."""
+        return self._worker is not None
+
+    def set_active(self, active: bool) -> None:
+        """Keep the button in place (disabled when inactive, as the other buttons); hide the result line.
+
+        :meth:`show` shows it again for a layer of the file it is about.
+
+        Parameters
+        ----------
+        active
+            Whether a layer is selected.
+        """
+        self.button.enabled = active and self._worker is None
+        if not active:
+            self.result.visible = False
+
+    def show(self) -> None:
+        """Enable the button for layers read from an MRC or MRCZ file; its tooltip says why not, or which."""
+        mrcz = self.selection.layer.metadata.get("mrcz") or {}
+        why = apply_refusal(mrcz)
+        self.button.enabled = why is None and self._worker is None
+        self.button.tooltip = why or (f"Write the pixel sizes, voltage, C3 and gain into the header of "
+                                      f"{mrcz['source']}, in place (the data is not touched)")
+        if mrcz is not self._result_for:
+            self._say("", None)
+        else:
+            self.result.visible = bool(self.result.value)
+
+    def _say(self, text: str, mrcz: dict | None) -> None:
+        self._result_for = mrcz if text else None
+        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
+            self.result.value = text
+            self.result.tooltip = text
+            self.result.visible = bool(text)
+
+    def header_sizes(self) -> dict[int, float]:
+        """The pixel sizes the header gets from the layer, in Å, by (z, y, x) index.
+
+        Only spatial length axes: a stack's frame axis has no pixel size (the
+        file keeps its z), nor has a 2D image a z axis; axes with no length
+        unit (px, eV) are left as the file has them.
+        """
+        layer = self.selection.layer
+        scale = [float(s) for s in layer.scale]
+        return {3 + axis: scale[axis] * a.per_unit for axis, a in self.pixels.axes.items()
+                if a.kind == "length"}
+
+    def apply(self) -> Any:
+        """Write the layer's pixel sizes, voltage, C3 and gain into its file's header, in a worker thread.
+
+        The result line says what changed ("applied in place: pixelsize 1 →
+        13.48 Å") or why nothing was (errors also go to napari's notifications).
+
+        Returns
+        -------
+        FunctionWorker or None
+            The started worker; ``None`` where the layer's file cannot be
+            edited (the result line says why) or an edit runs already.
+        """
+        from napari.qt.threading import create_worker
+
+        layer = self.selection.layer
+        if layer is None or self._worker is not None:
+            return None
+        mrcz = layer.metadata.get("mrcz") or {}
+        why = apply_refusal(mrcz)
+        if why is not None:
+            self._say(why, mrcz)
+            return None
+        microscope = {name: mrcz.get(name) for name in MICROSCOPE_UNITS}
+        worker = create_worker(apply_to_file, str(mrcz["source"]), self.header_sizes(), microscope,
+                               _start_thread=False,
+                               _connect={"returned": lambda result: self._applied(mrcz, result),
+                                         "errored": lambda exc: self._failed(mrcz, exc),
+                                         "finished": lambda: self._ended(worker)})
+        self._worker = worker
+        self.button.enabled = False
+        self._say("applying…", mrcz)
+        worker.start()
+        return worker
+
+    def _applied(self, mrcz: dict, result: tuple[HeaderEdit, dict]) -> None:
+        done, facts = result
+        mrcz.update({key: value for key, value in facts.items() if key != "save"})  # the save settings stay
+        self._say(describe_edit(done), mrcz)
+        self.edited(mrcz)
+
+    def _failed(self, mrcz: dict, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self._say(f"not applied: {exc}", mrcz)
+        show_error(f"Apply to file: {exc}")
+
+    def _ended(self, worker: Any) -> None:
+        if self._worker is worker:
+            self._worker = None
+        with contextlib.suppress(RuntimeError):
+            if self.selection.layer is not None:
+                self.show()
+
+
 class SaveSettings(Section):
     """How a save to MRCZ stores the layer (``metadata['mrcz']['save']``), and what that would weigh.
 
@@ -590,7 +907,8 @@ class SaveSettings(Section):
         layer = self.selection.layer
         bits = self.mantissa_bits()
         choice = self.precision.value
-        self.precision.enabled = bits is not None and not layer.rgb
+        rgb = getattr(layer, "rgb", False)  # labels layers have none
+        self.precision.enabled = bits is not None and not rgb
         self.keepbits.visible = bits is not None and choice == BITS
         self.max_error.visible = bits is not None and choice == AUTO
         if bits is None:
@@ -604,7 +922,7 @@ class SaveSettings(Section):
         else:
             self.precision_note.value = "lossless: every value saved exactly"
         self.precision.native.setToolTip(self.precision_note.value)
-        if not layer.rgb:
+        if not rgb:
             keepbits, max_error = self.chosen()
             compressor = None if self.compressor.value == "none" else self.compressor.value
             self.estimate.request(compressor or DEFAULT_SAVE_COMPRESSOR, int(self.clevel.value), keepbits,
@@ -750,14 +1068,18 @@ class SizeEstimate:
 
 
 class Actions(Section):
-    """The buttons: save, load (and cancel it), and the header inspector."""
+    """The buttons: save, load (and cancel it), show as labels, and the header inspector."""
 
     def __init__(self) -> None:
         self.save_button = PushButton(text="Save as MRCZ…")
         self.load_button = PushButton(text="Load into memory")
         self.cancel_button = PushButton(text="Cancel loading", visible=False)
+        self.labels_button = PushButton(text="Show as labels")
+        self.labels_button.tooltip = ("A labels layer on the same data (no copy): for integer images, "
+                                      "and float images of only 0 and 1")
         self.inspector_button = PushButton(text="Header inspector ▸")
-        self.rows = [self.save_button, self.load_button, self.cancel_button, self.inspector_button]
+        self.rows = [self.save_button, self.load_button, self.cancel_button, self.labels_button,
+                     self.inspector_button]
 
     def set_active(self, active: bool) -> None:
         """Enable the buttons (they stay in place, disabled, for layers this widget cannot show).
@@ -791,16 +1113,16 @@ def replace_with_array(viewer: napari.viewer.Viewer, layer: Any, array: np.ndarr
 
     Returns
     -------
-    napari.layers.Image
-        The new layer, at the old one's place in the layer list and selected.
+    napari.layers.Image or napari.layers.Labels
+        The new layer (of the old one's kind), at the old one's place in the layer list and selected.
     """
-    from napari.layers import Image
+    from napari.layers import Image, Labels
 
     _, state, _ = layer.as_layer_data_tuple()
     state = {key: value for key, value in dict(state).items()
              if key not in ("data", "multiscale", "locked_data_level")}
     state["metadata"] = layer.metadata
-    new = Image(array, multiscale=False, **state)
+    new = (Labels if isinstance(layer, Labels) else Image)(array, multiscale=False, **state)
     layers = viewer.layers
     index, step, name = list(layers).index(layer), viewer.dims.current_step, layer.name
     layers.insert(index, new)  # before the old one goes: the view never sees an empty viewer
@@ -831,15 +1153,17 @@ class MRCZWidget(Container):
         self.file = FileFacts(self.selection)
         self.pixels = PixelSizes(self.selection)
         self.microscope = Microscope(self.selection)
+        self.file_edit = FileEdit(self.selection, self.pixels, self._file_edited)
         self.save_settings = SaveSettings(self.selection)
         self.actions = Actions()
-        self.sections: list[Section] = [self.file, self.pixels, self.microscope, self.save_settings,
-                                        self.actions]
+        self.sections: list[Section] = [self.file, self.pixels, self.microscope, self.file_edit,
+                                        self.save_settings, self.actions]
         # The rows by name, as scripts and tests know them.
         self.layer_name, self.summary = self.file.layer_name, self.file.summary
         self.pixel_z, self.pixel_y, self.pixel_x = (self.pixels.fields[a] for a in (-3, -2, -1))
         self.units = self.pixels.unit
         self.voltage, self.c3, self.gain = self.microscope.voltage, self.microscope.c3, self.microscope.gain
+        self.apply_button, self.apply_result = self.file_edit.button, self.file_edit.result
         s = self.save_settings
         self.save_heading, self.compressor, self.clevel = s.heading, s.compressor, s.clevel
         self.precision, self.keepbits, self.max_error = s.precision, s.keepbits, s.max_error
@@ -847,6 +1171,8 @@ class MRCZWidget(Container):
         a = self.actions
         self.save_button, self.load_button = a.save_button, a.load_button
         self.cancel_button, self.inspector_button = a.cancel_button, a.inspector_button
+        self.labels_button = a.labels_button
+        self._guarded: Any = None  # the labels layer whose painting tools are watched
         self.extend([row for section in self.sections for row in section.rows])
         self.inspector = HeaderInspector()
         self.inspector.setVisible(False)
@@ -854,6 +1180,7 @@ class MRCZWidget(Container):
         self.save_button.changed.connect(self._ask_save)
         self.load_button.changed.connect(lambda *_: self.load_into_memory())
         self.cancel_button.changed.connect(lambda *_: self.cancel_loading())
+        self.labels_button.changed.connect(lambda *_: self.show_as_labels())
         self.inspector_button.changed.connect(lambda *_: self.show_inspector(not self.inspector.isVisible()))
         viewer.layers.selection.events.active.connect(self._follow)
         viewer.layers.events.removed.connect(self._layer_removed)
@@ -863,19 +1190,25 @@ class MRCZWidget(Container):
 
     @property
     def layer(self) -> Any:
-        """The image layer shown (``None`` when the selected layer is not an image)."""
+        """The image or labels layer shown (``None`` when the selected layer is neither)."""
         return self.selection.layer
 
     # -- following the selected layer -----------------------------------------
     def _follow(self, *_: Any) -> None:
-        from napari.layers import Image
+        from napari.layers import Image, Labels
 
         active = self.viewer.layers.selection.active
         old = self.selection.layer
         if old is not None:
             for event in (old.events.scale, old.events.units, old.events.name):
                 event.disconnect(self._show)
-        self.selection.layer = active if isinstance(active, Image) else None
+        if self._guarded is not None:
+            self._guarded.events.mode.disconnect(self._paint_guard)
+            self._guarded = None
+        self.selection.layer = active if isinstance(active, (Image, Labels)) else None
+        if isinstance(active, Labels):
+            self._guarded = active
+            active.events.mode.connect(self._paint_guard)
         if self.layer is not None:
             for event in (self.layer.events.scale, self.layer.events.units, self.layer.events.name):
                 event.connect(self._show)
@@ -898,9 +1231,10 @@ class MRCZWidget(Container):
         if not shown:
             self.file.clear(self.viewer.layers.selection.active)
             return
-        for section in (self.file, self.pixels, self.microscope, self.save_settings):
+        for section in (self.file, self.pixels, self.microscope, self.file_edit, self.save_settings):
             section.show()
         self.load_button.enabled = self._load is None and not in_memory(self.layer)
+        self.labels_button.enabled = labels_source(self.layer)
         self._align_labels()
         QTimer.singleShot(0, self._align_labels)  # again once napari's style applies (first show)
 
@@ -926,6 +1260,13 @@ class MRCZWidget(Container):
         """A save (here or by *File > Save*) may have replaced the shown file: show what it is now."""
         if self.layer is not None and self.layer.metadata.get("mrcz") is mrcz:
             self._summarise()
+
+    def _file_edited(self, mrcz: dict) -> None:
+        """"Apply to file" wrote the header, and ``mrcz`` holds what it says now: show that."""
+        if self.layer is not None and self.layer.metadata.get("mrcz") is mrcz:
+            self._show()
+            self.inspector.show_metadata(mrcz)
+            self._step()
 
     def _step(self, *_: Any) -> None:
         """Show the per-section record of the section on the slider."""
@@ -979,8 +1320,8 @@ class MRCZWidget(Container):
 
     @property
     def busy(self) -> bool:
-        """Whether a load or save started here is still running (its end not yet handled)."""
-        return self._load is not None or bool(self._saves)
+        """Whether a load, save or "Apply to file" started here is still running (its end not yet handled)."""
+        return self._load is not None or bool(self._saves) or self.file_edit.busy
 
     def save_as(self, path: str) -> Any:
         """Save the selected layer as MRCZ in a worker thread; returns the started worker.
@@ -1001,10 +1342,13 @@ class MRCZWidget(Container):
         from napari.qt.threading import create_worker
 
         layer = self.layer
+        from napari.layers import Labels
+
         attributes = {"name": layer.name, "scale": list(layer.scale), "units": list(layer.units),
                       "multiscale": layer.multiscale, "axis_labels": list(layer.axis_labels),
-                      "metadata": layer.metadata, "rgb": layer.rgb}
-        worker = create_worker(save_layer, path, layer.data, attributes, True, _start_thread=False)
+                      "metadata": layer.metadata, "rgb": getattr(layer, "rgb", False)}
+        kind = "labels" if isinstance(layer, Labels) else "image"
+        worker = create_worker(save_layer, path, layer.data, attributes, True, kind, _start_thread=False)
         self._saves.add(worker)
         worker.finished.connect(lambda: self._saves.discard(worker))
         worker.start()
@@ -1078,6 +1422,59 @@ class MRCZWidget(Container):
         if self._load is not None:
             self._load_cancelled = True
             self._load.quit()
+
+    def show_as_labels(self) -> Any:
+        """Add a labels layer on the selected image's data: the same array, no copy.
+
+        Integer (and bool) images give their very data object (``labels.data
+        is image.data``; a multiscale image its full-size level: its coarse
+        levels are block means, which are no labels). A float image must hold
+        only 0 and 1 (one pass over it): napari's labels are integers, so it
+        gives a uint8 view of the same data (:class:`~napari_mrcz.codec.lazy.LazyCast`),
+        or a uint8 copy of an array in memory. Same scale, units, axis labels,
+        position and metadata; named ``<name> labels``. Data read from its
+        file as it is shown cannot be painted before "Load into memory": a
+        notification says so.
+
+        Returns
+        -------
+        napari.layers.Labels or None
+            The new layer (selected); ``None`` for a layer that is no such
+            image, or a float image with other values (a warning says so).
+        """
+        from napari.utils.notifications import show_info, show_warning
+
+        layer = self.layer
+        if not labels_source(layer):
+            return None
+        data = full_size(layer)
+        if np.dtype(data.dtype).kind == "f":
+            lo, hi, whole = value_range(data.shape[0] if data.ndim >= 3 else 1,
+                                        lambda i: data[i] if data.ndim >= 3 else data)
+            if not (whole and lo >= 0 and hi <= 1):
+                show_warning(f"{layer.name} has values other than 0 and 1 (from {lo:g} to {hi:g}): "
+                             "only integer images and 0/1 masks show as labels")
+                return None
+            copy = isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
+            data = data.astype(np.uint8) if copy else LazyCast(data, np.uint8)
+        new = self.viewer.add_labels(data, name=f"{layer.name} labels", scale=list(layer.scale),
+                                     units=list(layer.units), axis_labels=list(layer.axis_labels),
+                                     translate=list(layer.translate), metadata=layer.metadata)
+        if not writable(full_size(new)):
+            show_info(f"{new.name} shares {layer.name}'s data, read from its file as it is shown: "
+                      "to paint it, \"Load into memory\" first")
+        return new
+
+    def _paint_guard(self, *_: Any) -> None:
+        """A painting tool chosen for a labels layer read as it is shown: say to load it, and take it back."""
+        from napari.utils.notifications import show_warning
+
+        layer = self._guarded
+        if layer is None or str(layer.mode) not in PAINTING or layer.multiscale or writable(layer.data):
+            return
+        layer.mode = "pan_zoom"
+        show_warning(f"{layer.name} is read from its file as it is shown and cannot be painted: "
+                     "\"Load into memory\" (MRCZ widget) first")
 
     def _layer_removed(self, event: Any) -> None:
         """Removing the layer being loaded cancels its load: nothing would show the result."""

@@ -1,4 +1,4 @@
-"""napari writers: an image layer to compressed MRCZ or to plain MRC.
+"""napari writers: an image or labels layer to compressed MRCZ or to plain MRC.
 
 Everything the file needs comes from the layer: ``scale`` and ``units`` (the
 pixel size of each axis, converted to Å), and ``metadata['mrcz']`` (what the
@@ -9,6 +9,12 @@ Fields the source has are written back as they were. Voltage, C3 and gain a
 source lacks (``None``) are written as 0, MRC's "not set". Lazy layers are
 streamed frame by frame; the codec writes a temporary file and renames it, so
 saving over the file a layer is reading from is safe.
+
+A labels layer (a segmentation) is stored in the smallest integer mode that
+holds every label (:func:`~napari_mrcz.codec.narrowing.labels_dtype`, one
+pass over the data before writing), and marked as labels: a label
+``napari-mrcz labels`` and, in MRCZ, ``napari_mrcz_labels: true`` in the
+JSON metadata. The reader opens such files as labels layers again.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from psygnal import SignalInstance
 
 from .codec.export import (
     AXES_KEY,
+    LABELS_KEY,
+    LABELS_STAMP,
     UnsupportedImageError,
     json_axes,
     mrc_pixel_size,
@@ -30,6 +38,7 @@ from .codec.export import (
     stored_dtype,
     write_image,
 )
+from .codec.narrowing import LabelValueError, labels_dtype
 from .codec.precision import PRECISION_KEY
 
 #: Emitted as ``(path, mrcz)`` after each save, in the saving thread, with the saved layer's
@@ -47,6 +56,64 @@ def write_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
 def write_mrc(path: str, data: Any, attributes: dict) -> list[str]:
     """Save an image layer as plain MRC2014."""
     return [save_layer(path, data, attributes, compressed=False)]
+
+
+def write_labels_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
+    """Save a labels layer as compressed MRCZ, in the smallest integer mode that holds every label.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+    data
+        The layer's data (integer labels; read a section at a time).
+    attributes
+        The layer's state (``scale``, ``units``, ``metadata`` ...), as napari gives it.
+
+    Returns
+    -------
+    list of str
+        ``[path]``.
+
+    Raises
+    ------
+    UnsupportedImageError
+        A label no MRC mode holds (a ``TypeError``: napari takes a writer's
+        ``ValueError`` for "not a valid writer" and drops its message).
+    """
+    return [_save_labels(path, data, attributes, compressed=True)]
+
+
+def write_labels_mrc(path: str, data: Any, attributes: dict) -> list[str]:
+    """Save a labels layer as plain MRC2014, in the smallest standard mode that holds every label.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+    data
+        The layer's data (integer labels; read a section at a time).
+    attributes
+        The layer's state (``scale``, ``units``, ``metadata`` ...), as napari gives it.
+
+    Returns
+    -------
+    list of str
+        ``[path]``.
+
+    Raises
+    ------
+    UnsupportedImageError
+        A label no plain MRC2014 mode holds (see :func:`write_labels_mrcz`).
+    """
+    return [_save_labels(path, data, attributes, compressed=False)]
+
+
+def _save_labels(path: str, data: Any, attributes: dict, compressed: bool) -> str:
+    try:
+        return save_layer(path, data, attributes, compressed=compressed, layer_type="labels")
+    except LabelValueError as exc:  # as a TypeError, so that napari shows the message
+        raise UnsupportedImageError(str(exc)) from exc
 
 
 def _json_safe(metadata: dict) -> dict:
@@ -187,8 +254,40 @@ def save_precision(mrcz: dict, dtype: Any) -> tuple[int | str | None, float]:
     return keepbits, max_error
 
 
-def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
-    """Write one image layer's data and attributes to ``path``; returns the path."""
+def save_layer(path: str, data: Any, attributes: dict, compressed: bool, layer_type: str = "image") -> str:
+    """Write one image or labels layer's data and attributes to ``path``.
+
+    Parameters
+    ----------
+    path
+        The file to write (atomically).
+    data
+        The layer's data (a multiscale layer's levels: the first is written),
+        read one section at a time.
+    attributes
+        The layer's state: ``scale``, ``units``, ``axis_labels``,
+        ``metadata`` (its ``'mrcz'`` entry: what the source said and the save
+        settings), ``multiscale``, ``rgb``.
+    compressed
+        MRCZ (compressor and clevel from ``metadata['mrcz']['save']``) or plain MRC2014.
+    layer_type
+        ``'image'`` or ``'labels'``: labels are stored in the smallest integer
+        mode that holds them all (a first pass over the data), never rounded,
+        and marked as labels for the reader.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    UnsupportedImageError
+        What MRC cannot hold (RGB, more than three dimensions, types with no mode).
+    LabelValueError
+        (a ``ValueError``) a label no MRC mode holds; the message names the file and the label.
+    """
+    labels_layer = layer_type == "labels"
     if attributes.get("rgb"):
         # A TypeError, as for data types MRC cannot store: napari would swallow a ValueError
         # from a writer and tell the user the plugin "is not a valid writer".
@@ -199,9 +298,12 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
         warnings.warn(f"{path}: float16 MRCZ (mode 12) is written, which python-mrcz 0.6.0 cannot read "
                       "(mrcfile, IMOD and napari-mrcz can); convert the layer to float32 for python-mrcz",
                       UserWarning, stacklevel=2)
-    _narrowing_notice(path, data, attributes)
+    if not labels_layer:
+        _narrowing_notice(path, data, attributes)
     metadata = dict(attributes.get("metadata") or {})
     mrcz = dict(metadata.pop("mrcz", None) or {})
+    if not labels_layer and LABELS_KEY in (mrcz.get("meta") or {}):  # an image made of a labels file
+        mrcz["meta"] = {k: v for k, v in mrcz["meta"].items() if k != LABELS_KEY}
     labels = list(attributes.get("axis_labels") or [])
     stack = bool(mrcz.get("stack")) or (data.ndim >= 3 and labels[-3:-2] == ["frame"])
     extra = _json_safe(metadata)
@@ -209,11 +311,17 @@ def save_layer(path: str, data: Any, attributes: dict, compressed: bool) -> str:
     if axes is not None:  # energy, time ...: MRC's header has no such axes; the JSON keeps them
         extra[AXES_KEY] = axes
     keepbits, max_error = save_precision(mrcz, data.dtype)
+    dtype = None
+    if labels_layer:  # the smallest mode, exact; the label (and MRCZ's JSON) say "labels"
+        dtype, keepbits = labels_dtype(data, path, compressed), None
+        if compressed:
+            extra[LABELS_KEY] = True
     write_image(data, path, {**mrcz, "slices": 0}, pixel_size(attributes, data.ndim, stack,
                                                               mrcz.get("frame_spacing")),
-                stack=stack, compressed=compressed, extra_meta=extra,
-                unchanged=keepbits is None and reads_the_source(data, mrcz), keepbits=keepbits,
-                max_error=max_error)
+                stack=stack, compressed=compressed, extra_meta=extra, dtype=dtype,
+                stamp=LABELS_STAMP if labels_layer else None,
+                unchanged=keepbits is None and not labels_layer and reads_the_source(data, mrcz),
+                keepbits=keepbits, max_error=max_error)
     _saved_over_source(path, attributes)
     layer_saved.emit(path, (attributes.get("metadata") or {}).get("mrcz"))
     return path

@@ -31,6 +31,11 @@ KEPT_FIELDS = ("origin", "nxstart", "nystart", "nzstart", "labels", "ispg", "map
 EXTENDED_KEY = "napari_mrcz_extended"
 #: The JSON metadata key of axes an MRC header cannot hold (energy, time ...): see :func:`json_axes`.
 AXES_KEY = "napari_mrcz_axes"
+#: The JSON metadata key of a file written from a napari Labels layer (a segmentation): ``true``.
+LABELS_KEY = "napari_mrcz_labels"
+#: The text of the label of ours (an 80-character MRC label) that says the same, in MRC and MRCZ files.
+LABELS_STAMP = "labels"
+LABELS_LABEL = f"napari-mrcz {LABELS_STAMP}"
 
 
 class UnsupportedImageError(TypeError):
@@ -96,6 +101,26 @@ def reads_the_source(data: Any, mrcz: dict) -> bool:
         return data._transform is None and data.shape[0] == shape[0]
     return isinstance(data, np.memmap) and not data.flags.writeable and data.filename is not None \
         and os.path.samefile(data.filename, mrcz.get("source") or data.filename)
+
+
+def is_labels(mrcz: dict) -> bool:
+    """Whether a file holds labels (was written from a napari Labels layer): its JSON or its label says so.
+
+    Parameters
+    ----------
+    mrcz
+        What the file says, as ``metadata['mrcz']`` holds it (``meta``: the
+        JSON metadata; ``header``: the header fields, with ``labels``).
+
+    Returns
+    -------
+    bool
+        ``True`` for JSON metadata with ``napari_mrcz_labels: true`` or a
+        label ``napari-mrcz labels``.
+    """
+    if (mrcz.get("meta") or {}).get(LABELS_KEY) is True:
+        return True
+    return any(str(text).strip() == LABELS_LABEL for text in (mrcz.get("header") or {}).get("labels") or [])
 
 
 def stored_dtype(dtype: Any, path: str | os.PathLike = "") -> np.dtype:

@@ -83,12 +83,14 @@ def _vector(name: str, value: Any, path: str, positive: bool) -> np.ndarray:
 
 
 def _number(name: str, value: Any, path: str) -> float:
+    """A finite number; at least 0 except C3 (Cs-corrected microscopes may have a negative one)."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    if not np.isfinite(v) or v < 0:
-        raise MRCFileError(path, f"{name} must be a number of at least 0, got {value!r}")
+    if not np.isfinite(v) or (v < 0 and name != "C3"):
+        need = "a finite number" if name == "C3" else "a number of at least 0"
+        raise MRCFileError(path, f"{name} must be {need}, got {value!r}")
     return v
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+#: What to do to edit a lazy array (the message of an edit refused).
+LOAD_FIRST = "load it into memory first (the MRCZ widget's \"Load into memory\", or np.asarray(stack))"
 #: Decoded frames kept for all open files together, in bytes.
 FRAME_BUDGET_BYTES = 512 << 20
 _tokens = itertools.count()
@@ -323,8 +325,7 @@ class LazyStack(_ArrayShape):
         return self._view(frames, rest)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        raise TypeError(f"{self!r} is read from its file frame by frame and cannot be edited: load it into "
-                        "memory first (the MRCZ widget's \"Load into memory\", or np.asarray(stack))")
+        raise TypeError(f"{self!r} is read from its file frame by frame and cannot be edited: {LOAD_FIRST}")
 
     def _view(self, frames: np.ndarray, rest: tuple) -> LazyStack:
         inner, index = self._transform, self._index
@@ -411,4 +412,41 @@ class LazyVolumes(_ArrayShape):
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+class LazyCast(_ArrayShape):
+    """Another array-like's values as ``dtype``, cast as they are read; edits are refused.
+
+    A segmentation read lazily (a napari Labels layer): reads give new,
+    writable arrays, so that napari's painting reaches :meth:`__setitem__`,
+    which says to load the layer into memory first. Plain MRC labels stored
+    as float32 (whole numbers) read as integers through it.
+
+    Parameters
+    ----------
+    data
+        The array-like read (a :class:`LazyStack`, a read-only memory map ...).
+    dtype
+        The type its values are given as.
+    """
+
+    def __init__(self, data: Any, dtype: Any) -> None:
+        self.data = data
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(n) for n in data.shape)
+
+    def __repr__(self) -> str:
+        return f"LazyCast(shape={self.shape}, dtype={self.dtype}, of {np.dtype(self.data.dtype).name})"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.data[key]).astype(self.dtype)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(f"{self!r} is read from its file as it is shown and cannot be edited: {LOAD_FIRST}")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=self.dtype)
+        for k in range(self.shape[0]):  # one frame at a time: no copy of the whole source's type
+            out[k] = self.data[k]
         return out if dtype is None else out.astype(dtype)
