@@ -7,7 +7,8 @@ and use it exactly as they used ``mrcz``::
     codec.writeMRC(image, "copy.mrcz", pixelsize=meta["pixelsize"], compressor="zstd")
 
 Modules: ``header`` (the MRC2014 header), ``blosc_chunks`` (one blosc chunk
-per z-section), ``positioned`` (reads at offsets, on every system), ``stack``
+per z-section), ``positioned`` (reads at offsets, on every system), ``remote``
+(``https://`` and ``s3://`` URLs, by Range requests), ``stack``
 (random access to z-sections), ``mrc`` (the python-mrcz functions),
 ``atomic`` (safe replacement of files), ``dm_tags`` (the DM3/DM4 tag tree),
 ``dm`` (DigitalMicrograph images and python-mrcz's ``readDM4``), ``binning``

@@ -25,7 +25,7 @@ import numpy as np
 from .dm_tags import ArrayRef, TagParser
 from .errors import MRCFileError, TruncatedFileError
 from .header import float32_value
-from .positioned import PositionedFile
+from .positioned import PositionedFile, open_positioned
 
 logger = logging.getLogger("napari_mrcz.codec")
 
@@ -132,7 +132,7 @@ class DMFile:
     Parameters
     ----------
     path
-        The ``.dm3`` or ``.dm4`` file.
+        The ``.dm3`` or ``.dm4`` file, or its URL (``https://``, ``s3://``).
 
     Attributes
     ----------
@@ -151,7 +151,7 @@ class DMFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        self._file = PositionedFile(self.path)
+        self._file = open_positioned(self.path)
         try:
             parser = TagParser(self._file, self.path)
             self.size = parser.cur.size
@@ -283,9 +283,9 @@ class DMFile:
         return _decode(im, raw, stop - start)
 
     def memmap(self, image: DMImage | int | None = None) -> np.ndarray:
-        """A read-only memory map of an image's data (plain numeric types; others are read)."""
+        """A read-only memory map of an image's data (plain numeric types, local files; others are read)."""
         im = self._image_of(image)
-        if im.is_rgb or im.is_fft:
+        if im.is_rgb or im.is_fft or not isinstance(self._file, PositionedFile):
             return self.read(im)
         mapped = np.memmap(self.path, dtype=im.stored_dtype, mode="r", offset=im.data.offset, shape=im.shape)
         return mapped.view(bool) if im.data_type == BOOL else mapped

@@ -38,6 +38,7 @@ from .header import (
 )
 from .narrowing import auto_dtype
 from .precision import PRECISION_KEY, Rounding
+from .remote import is_url
 from .stack import MRCStack
 
 logger = logging.getLogger("napari_mrcz.codec")
@@ -84,7 +85,8 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     ----------
     MRCfilename
         The file: ``.mrc``, ``.mrcz``, ``.mrcs``, ``.map`` ... also gzip or
-        bzip2 compressed.
+        bzip2 compressed; or its URL (``https://``, ``s3://``), read by Range
+        requests (see :mod:`napari_mrcz.codec.remote`).
     idx
         One z-section, or ``(first, last)`` with both included (as python-mrcz
         does); negative values count from the end. Works on compressed files
@@ -547,6 +549,8 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
                keepbits: int | str | None = None, max_error: float = 0.01,
                fields: Mapping[str, Any] | None = None) -> None:
     path = os.fspath(MRCfilename)
+    if is_url(path):
+        raise ValueError(f"{path}: writing to a URL is not supported; write a local file and upload it")
     if endian not in ("le", "be"):
         raise ValueError(f"endian must be 'le' or 'be', got {endian!r}")
     byteorder = "<" if endian == "le" else ">"

@@ -36,6 +36,7 @@ import weakref
 from collections.abc import Iterator
 
 from .errors import TruncatedFileError
+from .remote import RemoteFile, is_url
 
 #: ``os.pread``/``os.preadv`` exist (POSIX): the fast path.
 HAVE_PREAD = hasattr(os, "pread") and hasattr(os, "preadv")
@@ -212,6 +213,22 @@ class PositionedFile:
         with self._state:
             self._close_handles()
             self._closed = True
+
+
+def open_positioned(path: str) -> PositionedFile | RemoteFile:
+    """Open ``path`` for positioned reads: a :class:`~.remote.RemoteFile` for a URL, else a file on disk.
+
+    Parameters
+    ----------
+    path
+        A local path, or an ``https://``/``s3://`` URL (see :func:`~.remote.is_url`).
+
+    Returns
+    -------
+    PositionedFile or RemoteFile
+        Both read the same way: ``pread``, ``readinto``, ``view``, ``in_use``, ``close``.
+    """
+    return RemoteFile(path) if is_url(path) else PositionedFile(path)
 
 
 def _alive_threads() -> set[int]:

@@ -18,6 +18,7 @@ from . import positioned
 from .dm import DMFile
 from .header import data_axes_cell
 from .lazy import FrameCache
+from .remote import is_url
 from .stack import MRCStack
 
 DM_SUFFIXES = (".dm3", ".dm4")
@@ -90,7 +91,7 @@ class ImageSource:
 
 
 def open_image(path: str | os.PathLike) -> ImageSource:
-    """Open an MRC, MRCZ or DigitalMicrograph file for viewing.
+    """Open an MRC, MRCZ or DigitalMicrograph file, or its URL (``https://``, ``s3://``), for viewing.
 
     Raises
     ------
@@ -154,7 +155,7 @@ def _open_mrc(path: str) -> ImageSource:
     common = dict(path=path, dtype=h.dtype, mrcz=mrcz, slices=h.slices, stats=stats, handle=stack)
     # Plain data is memory-mapped: the OS pages frames in, nothing is copied. Not where a
     # mapped file cannot be renamed over (Windows): saving over it must be able to close it.
-    mappable = not (h.is_compressed or positioned.REPLACE_NEEDS_CLOSED_FILES)
+    mappable = not (h.is_compressed or positioned.REPLACE_NEEDS_CLOSED_FILES or is_url(path))
     mapped = stack.memmap() if mappable else None
     if nz == 1:
         data = mapped[0] if mapped is not None else stack.read(0, 1)[0]
@@ -230,6 +231,10 @@ def _open_dm(path: str) -> ImageSource:
     common = dict(path=path, dtype=image.dtype, mrcz=mrcz, rgb=image.is_rgb,
                   scale=[d[1] for d in described], units=[d[2] for d in described],
                   axis_labels=[d[0] for d in described], handle=dm)
+    if is_url(path) and len(shape) == 3 and not (image.is_rgb or image.is_fft):
+        # A stack on a server: frames are fetched as they are shown, not all at open.
+        cache = FrameCache(lambda i: dm.read(image, i, i + 1)[0], shape[0])
+        return ImageSource(shape=shape, cache=cache, **common)
     # memmap() maps plain numeric data (any size opens at once) and decodes the rest.
     data = dm.memmap(image)
     if image.is_rgb:  # DM's 4th byte is padding, 0, never an alpha: as alpha it would show black

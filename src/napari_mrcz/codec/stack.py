@@ -7,7 +7,9 @@ is built lazily, 16 bytes per chunk, so frames a..b of a 40 GB MRCZ cost a
 walk over chunk headers and those frames' chunks only. Positioned reads
 (:mod:`.positioned`) keep one open stack safe to use from several threads.
 
-``.gz`` and ``.bz2`` files are decompressed into memory when opened.
+``.gz`` and ``.bz2`` files are decompressed into memory when opened. A URL
+(``https://``, ``s3://``) is read by Range requests (:mod:`.remote`); a
+compressed one is streamed into memory, up to :data:`.remote.WHOLE_OBJECT_LIMIT`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from . import blosc_chunks, journal
 from .errors import MRCFileError, TruncatedFileError
 from .extended import ExtendedHeader, read_extended
 from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, MRCHeaderWarning, parse_header
-from .positioned import PositionedFile
+from .positioned import PositionedFile, open_positioned
+from .remote import WHOLE_OBJECT_LIMIT, RemoteFile, RemoteFileError, is_url
 
 _READ_PIECE = 1 << 24
 
@@ -38,13 +41,19 @@ class _MemorySource:
 
     generation = 0  # never replaced under us: the bytes are ours
 
-    def __init__(self, path: str, opener: Any) -> None:
+    def __init__(self, path: str, opener: Any, stream: Any = None, limit: int | None = None) -> None:
         self.path = path
-        pieces = []
+        pieces, total = [], 0
         try:
-            with opener(path, "rb") as f:
+            with opener(path if stream is None else stream, "rb") as f:
                 while piece := f.read(_READ_PIECE):
                     pieces.append(piece)
+                    total += len(piece)
+                    if limit is not None and total > limit:
+                        raise MRCFileError(path, f"decompresses to more than {limit / 2**30:g} GiB: too "
+                                                 "large to read at random over the network; download it")
+        except (RemoteFileError, MRCFileError):
+            raise  # the network's failure, or too large: not a damaged file
         except (OSError, EOFError, ValueError, zlib.error) as exc:
             raise MRCFileError(path, f"cannot decompress: {exc}") from exc
         self.data = memoryview(b"".join(pieces))
@@ -69,16 +78,24 @@ class _MemorySource:
         pass
 
 
-def _open_source(path: str) -> PositionedFile | _MemorySource:
-    src = PositionedFile(path)
+def _open_source(path: str) -> PositionedFile | RemoteFile | _MemorySource:
+    src = open_positioned(path)
     magic = src.pread(0, 3)
-    if magic[:2] == b"\x1f\x8b":
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
+    if opener is None:
+        return src
+    if not isinstance(src, RemoteFile):
         src.close()
-        return _MemorySource(path, gzip.open)
-    if magic == b"BZh":
+        return _MemorySource(path, opener)
+    try:
+        if src.size > WHOLE_OBJECT_LIMIT:
+            raise MRCFileError(path, f"a compressed file of {src.size / 2**30:.1f} GiB is too large to read "
+                                     "at random over the network; download it")
+        memory = _MemorySource(path, opener, stream=src.stream(), limit=WHOLE_OBJECT_LIMIT)
+    finally:
         src.close()
-        return _MemorySource(path, bz2.open)
-    return src
+    memory.stored_size = src.size  # what size_on_disk says: the object's size on the server
+    return memory
 
 
 class MRCStack:
@@ -109,13 +126,14 @@ class MRCStack:
     def __init__(self, path: str | os.PathLike, *, fileConvention: str = "ccpem",
                  slices: int | None = None, n_threads: int | None = None) -> None:
         self.path = os.fspath(path)
-        recovered = journal.recover(self.path)  # an interrupted header edit is finished first
+        remote = is_url(self.path)
+        recovered = None if remote else journal.recover(self.path)  # an interrupted header edit first
         if recovered:
             warnings.warn(recovered, MRCHeaderWarning, stacklevel=2)
         try:
             self._src = _open_source(self.path)
         except OSError as exc:  # Windows says PermissionError where POSIX says IsADirectoryError
-            if os.path.isdir(self.path):
+            if not remote and os.path.isdir(self.path):
                 raise MRCFileError(self.path, "is a directory, not an MRC file") from exc
             raise
         self._conventions = dict(fileConvention=fileConvention, slices=slices)
@@ -172,7 +190,9 @@ class MRCStack:
 
     @property
     def size_on_disk(self) -> int:
-        """Bytes of the file as stored."""
+        """Bytes of the file as stored (on the server, for a URL)."""
+        if is_url(self.path):
+            return getattr(self._src, "stored_size", self._src.size)
         try:
             return os.stat(self.path).st_size
         except OSError:
@@ -340,7 +360,7 @@ class MRCStack:
         h = self.header
         stop = self.shape[0] if stop is None else stop
         self._check_range(start, stop)
-        if h.is_compressed or isinstance(self._src, _MemorySource) or h.is_packed:
+        if h.is_compressed or not isinstance(self._src, PositionedFile) or h.is_packed:
             return self.read(start, stop)
         return np.memmap(self.path, dtype=h.dtype, mode="c",
                          offset=h.data_offset + start * h.section_nbytes,
