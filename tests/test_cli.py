@@ -480,3 +480,11 @@ def test_info_into_a_pipe_that_closes_early_stops_quietly():
     _, err = info.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
     assert info.returncode == 1
+
+
+def test_a_url_s_password_and_signature_are_never_printed():
+    url = "https://someone:hunter2@127.0.0.1:9/tomo.mrc?X-Amz-Signature=deadbeef&part=1"  # nothing listens
+    done = cli("info", url, timeout=120)
+    assert done.returncode == 1
+    assert "hunter2" not in done.stderr and "deadbeef" not in done.stderr, done.stderr
+    assert "https://***@127.0.0.1:9/tomo.mrc?X-Amz-Signature=***&part=1" in done.stderr, done.stderr

@@ -146,6 +146,16 @@ def _print_text(info: dict[str, Any], full: bool = False) -> None:
         print(f"  (shortened; all of it: napari-mrcz info --full {shlex.quote(info['file'])})")
 
 
+def _failure(path: str, exc: BaseException) -> str:
+    """One file's error, naming the file once; a URL's password, signature or token never shown."""
+    from .codec.remote import shown
+
+    message, name = str(exc), shown(path)
+    if path != name:
+        message = message.replace(path, name)
+    return message if name in message else f"{name}: {message}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``napari-mrcz info FILE...``."""
     status = 0
@@ -153,8 +163,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         try:
             info = describe(path, full=args.full)
         except (MRCFileError, OSError, ValueError) as exc:
-            message = str(exc)
-            print(message if path in message else f"{path}: {message}", file=sys.stderr)
+            print(_failure(path, exc), file=sys.stderr)
             status = 1
             continue
         if args.json:
@@ -228,8 +237,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         try:
             done = edit_header(path, dry_run=args.dry_run, **changes)
         except (MRCFileError, OSError, ValueError) as exc:
-            message = str(exc)
-            print(message if path in message else f"{path}: {message}", file=sys.stderr)
+            print(_failure(path, exc), file=sys.stderr)
             status = 1
             continue
         word = {"dry run": "would change", "in place": "changed in place", "rewritten": "rewritten",
