@@ -250,20 +250,30 @@ def write_report(results: dict, outdir: Path) -> str:
                          f"{c['idx_last_2_s'] * 1e3:.1f} ms | {c['full_read_s'] * 1e3:.0f} ms |")
     table = "\n".join(lines)
     (outdir / "codec.md").write_text(table + "\n")
-    update_docs(outdir.parent / "benchmarks.md", "codec", table)
+    return _publish(outdir, "codec", table, lambda: plot(results, outdir / "codec.png"))
+
+
+def _publish(outdir: Path, section: str, table: str, draw) -> str:
+    """Put ``table`` in docs/benchmarks.md's ``section`` and draw its plot (where matplotlib is installed)."""
+    update_docs(outdir.parent / "benchmarks.md", section, table)
     try:
-        plot(results, outdir / "codec.png")
+        draw()
     except ImportError:
         pass
     return table
 
 
-def plot(results: dict, target: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(results: dict, target: Path) -> None:
+    plt = _pyplot()
     rows = [(f"{name.split()[0]} {c['compressor']}", c) for name, res in results["data"].items()
             for c in res["compressed"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -407,21 +417,12 @@ def precision_report(results: dict, outdir: Path) -> str:
             lines.append(f"| {name} | {r['precision']} | {bits} | {three(r['ratio'], '{:.2f}')} | "
                          f"{three(r['write_MBps'], '{:.0f}')} | {three(r['read_MBps'], '{:.0f}')} | "
                          f"{r['rms_over_noise_max']:.2g} / {r['zarr_rms_over_noise_max']:.2g} |")
-    table = "\n".join(lines)
-    update_docs(outdir.parent / "benchmarks.md", "precision", table)
-    try:
-        plot_precision(results, outdir / "precision.png")
-    except ImportError:
-        pass
-    return table
+    return _publish(outdir, "precision", "\n".join(lines),
+                    lambda: plot_precision(results, outdir / "precision.png"))
 
 
 def plot_precision(results: dict, target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(results["data"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):

@@ -87,24 +87,8 @@ def write_labels_mrcz(path: str, data: Any, attributes: dict) -> list[str]:
 def write_labels_mrc(path: str, data: Any, attributes: dict) -> list[str]:
     """Save a labels layer as plain MRC2014, in the smallest standard mode that holds every label.
 
-    Parameters
-    ----------
-    path
-        The file to write.
-    data
-        The layer's data (integer labels; read a section at a time).
-    attributes
-        The layer's state (``scale``, ``units``, ``metadata`` ...), as napari gives it.
-
-    Returns
-    -------
-    list of str
-        ``[path]``.
-
-    Raises
-    ------
-    UnsupportedImageError
-        A label no plain MRC2014 mode holds (see :func:`write_labels_mrcz`).
+    As :func:`write_labels_mrcz`, uncompressed (a label no plain MRC2014
+    mode holds is refused).
     """
     return [_save_labels(path, data, attributes, compressed=False)]
 
