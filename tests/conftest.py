@@ -104,3 +104,35 @@ def script(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent))
     assert found, f"{name} is not installed beside {sys.executable}"
     return found
+
+
+# -- napari ------------------------------------------------------------------------------
+PLUGIN = "napari-mrcz"
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A napari viewer in a real (shown) window."""
+    return make_napari_viewer(show=True)
+
+
+def dock(viewer):
+    """The plugin's dock widget, added to ``viewer``'s window."""
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
+    return w
+
+
+def type_into(qtbot, field, text: str) -> None:
+    """Select a spin box's text, type ``text`` and press Enter, as a user does."""
+    from qtpy.QtCore import Qt
+
+    edit = field.native.lineEdit()
+    field.native.setFocus()
+    edit.selectAll()
+    qtbot.keyClicks(edit, text)
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+    field.native.clearFocus()  # editing finished: Qt keeps a valid value
+
+
+# -- servers on 127.0.0.1 for remote files (https://, s3://): see remote_servers.py ----------
+from .remote_servers import _proxy_server, http_url, proxy, s3_url, served  # noqa: E402, F401

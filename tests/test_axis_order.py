@@ -25,7 +25,8 @@ from napari_mrcz import codec
 from napari_mrcz.codec.convert import convert
 from napari_mrcz.codec.source import open_image
 
-PLUGIN = "napari-mrcz"
+from .conftest import PLUGIN
+
 #: EMD-3001's cell (a, b, c, Å), sampling (MX, MY, MZ), angles and axis order.
 CELL = (17.93, 4.71, 33.03)
 SAMPLING = (40, 12, 72)
@@ -166,11 +167,6 @@ def test_appending_sections_grows_the_cell_axis_the_sections_run_along(tmp_path,
 
 
 # -- napari ---------------------------------------------------------------------------
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
-
-
 @pytest.mark.parametrize("order", [EMD_3001, (2, 1, 3)], ids=["emd-3001 312", "odd 213"])
 @pytest.mark.parametrize("suffix", [".map", ".mrcz"])
 def test_a_permuted_map_in_napari_has_each_axis_spacing_and_saves_what_it_means(viewer, tmp_path, order,

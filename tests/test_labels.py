@@ -17,18 +17,9 @@ from napari_mrcz._writer import save_layer, write_labels_mrc, write_labels_mrcz
 from napari_mrcz.codec.export import LABELS_KEY, LABELS_LABEL, UnsupportedImageError
 from napari_mrcz.codec.narrowing import LabelValueError
 
-PLUGIN = "napari-mrcz"
+from .conftest import PLUGIN, dock
+
 SCALE = [2.0, 1.5, 1.25]
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
-
-
-def dock(viewer):
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
-    return w
 
 
 def notifications(text: str) -> list[str]:

@@ -13,16 +13,9 @@ import pytest
 
 from napari_mrcz import codec, samples
 
-from .conftest import DATA, data_path, make_stack
+from .conftest import DATA, PLUGIN, data_path, make_stack
 from .seri_writer import write_serialem
 from .test_extended import write_fei
-
-PLUGIN = "napari-mrcz"
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
 
 
 def open_with_widget(viewer, path):

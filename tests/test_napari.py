@@ -16,9 +16,8 @@ from napari_mrcz import codec, samples
 from napari_mrcz.codec.dm import DMFile
 from napari_mrcz.codec.lazy import LazyStack
 
-from .conftest import DATA, make_stack
+from .conftest import DATA, PLUGIN, make_stack
 
-PLUGIN = "napari-mrcz"
 ALL_FILES = sorted(
     p for p in glob.glob(str(DATA / "**" / "*"), recursive=True)
     if os.path.isfile(p) and not p.endswith((".json", ".npz", ".md")))
@@ -42,11 +41,6 @@ def expected_data(path: str) -> tuple[np.ndarray, list[float]]:
         if not stack.header.is_volume:
             scale[0] = 1.0  # a stack's frame axis has no length
     return image, scale
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
 
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=[Path(p).name for p in ALL_FILES])

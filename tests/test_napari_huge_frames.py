@@ -8,9 +8,9 @@ import pytest
 
 from napari_mrcz import codec, samples
 
+from .conftest import PLUGIN
 from .test_napari_3d import Gaps, drawn
 
-PLUGIN = "napari-mrcz"
 K3 = (8184, 11520)  # K3 super-resolution frame: levels binned 2, 4, 8
 N_FRAMES = 6
 
@@ -23,11 +23,6 @@ def k3_movie(tmp_path_factory):
     codec.writeMRC([frames[i % 2] for i in range(N_FRAMES)], path, compressor="zstd",
                    pixelsize=[1.0, 0.415, 0.415])
     return path, frames
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
 
 
 def block_mean(frame: np.ndarray, f: int) -> np.ndarray:

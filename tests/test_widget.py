@@ -11,19 +11,7 @@ import pytest
 
 from napari_mrcz import codec, samples
 
-from .conftest import data_path, make_stack
-
-PLUGIN = "napari-mrcz"
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
-
-
-def dock(viewer):
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
-    return w
+from .conftest import PLUGIN, data_path, dock, make_stack, type_into
 
 
 def shown(widget) -> bool:
@@ -36,18 +24,6 @@ def notifications(text: str) -> list[str]:
     from napari.utils.notifications import notification_manager
 
     return [str(n.message) for n in notification_manager.records if text in str(n.message)]
-
-
-def type_into(qtbot, field, text: str) -> None:
-    """Select a spin box's text, type ``text`` and press Enter, as a user does."""
-    from qtpy.QtCore import Qt
-
-    edit = field.native.lineEdit()
-    field.native.setFocus()
-    edit.selectAll()
-    qtbot.keyClicks(edit, text)
-    qtbot.keyClick(edit, Qt.Key.Key_Return)
-    field.native.clearFocus()  # editing finished: Qt keeps a valid value
 
 
 # -- the length unit ------------------------------------------------------------------

@@ -13,31 +13,7 @@ import pytest
 
 from napari_mrcz import codec, samples
 
-from .conftest import data_path
-
-PLUGIN = "napari-mrcz"
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer(show=True)
-
-
-def dock(viewer):
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "MRCZ metadata")
-    return w
-
-
-def type_into(qtbot, field, text: str) -> None:
-    """Select a spin box's text, type ``text`` and press Enter, as a user does."""
-    from qtpy.QtCore import Qt
-
-    edit = field.native.lineEdit()
-    field.native.setFocus()
-    edit.selectAll()
-    qtbot.keyClicks(edit, text)
-    qtbot.keyClick(edit, Qt.Key.Key_Return)
-    field.native.clearFocus()
+from .conftest import PLUGIN, data_path, dock, type_into
 
 
 def click_apply(qtbot, w) -> None:

@@ -18,13 +18,13 @@ import atexit
 import shutil
 import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .codec.binning import binned_size
 from .codec.pyramid import CacheEntry, PyramidCache, fill_entry_steps, fill_frames_steps, plan_levels
+from .codec.remote import file_name
 from .codec.source import ImageSource
 
 #: Shortest time between two refreshes of a filling layer (each uploads the coarsest level anew);
@@ -60,12 +60,14 @@ class LevelFill:
         shapes = plan_levels(source.shape) if factor is None else \
             [(n, binned_size(ny, factor), binned_size(nx, factor))]
         # Checked at once (manifest, shapes); the values' CRC-32s in the worker, off the event loop.
-        found = self.cache.find(source.path, verify=False)
+        # A URL is keyed by the version the open file knows: nothing is asked of the server here.
+        version = source.remote.version if source.remote is not None else None
+        found = self.cache.find(source.path, verify=False, version=version)
         self.cached = found is not None and found.shapes == shapes
         if self.cached:
             self.entry: CacheEntry = found  # rebuilt in place if its checksums fail
         else:
-            self.entry = self.cache.new_entry(source.path, shapes)
+            self.entry = self.cache.new_entry(source.path, shapes, version=version)
             self.entry.create_levels()
         self.levels: list[np.ndarray] = self.entry.open_levels()
         self.done = 0  # frames binned so far (as the event loop has heard)
@@ -100,7 +102,7 @@ class LevelFill:
         from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
-        name = Path(self.source.path).name
+        name = file_name(self.source.path)
         self.progress = cancelable_progress(total=self.source.shape[0], desc=f"Binning {name} for 3D")
         self.worker = create_worker(self._frames)
         self.worker.yielded.connect(self._on_frame)

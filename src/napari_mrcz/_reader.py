@@ -4,7 +4,10 @@ Thin by design: :func:`napari_mrcz.codec.source.open_image` knows the formats;
 this module turns an :class:`~napari_mrcz.codec.source.ImageSource` into
 napari ``LayerData`` tuples whose arrays decode frames only when napari asks.
 Files written from a napari Labels layer (marked so: see
-:func:`~napari_mrcz.codec.export.is_labels`) open as labels layers.
+:func:`~napari_mrcz.codec.export.is_labels`) open as labels layers. A URL
+(``https://``, ``s3://``) opens as a file does; its layer's
+``metadata['mrcz']['remote']`` is the :class:`~napari_mrcz.codec.remote.RemoteFile`
+it reads through (version, bytes fetched).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .codec.export import is_labels, source_sections
 from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels, stack_3d_factor
 from .codec.lazy import LazyCast, LazyStack, LazyVolumes
 from .codec.pyramid import COARSEST_BYTES
+from .codec.remote import file_name, shown
 from .codec.source import ImageSource, open_image
 
 # Load the faster decompressor in the background while napari builds the layer.
@@ -88,7 +92,7 @@ def _contrast(source: ImageSource, transform: Callable | None) -> list[float]:
 
 def layer_data(source: ImageSource) -> list[LayerData]:
     """The ``LayerData`` tuples for one opened file."""
-    name = Path(source.path).name
+    name = file_name(source.path)
     for suffix in (".gz", ".bz2"):
         name = name.removesuffix(suffix)
     name = Path(name).stem
@@ -99,6 +103,8 @@ def layer_data(source: ImageSource) -> list[LayerData]:
     if data.ndim == 1 or (source.rgb and data.ndim == 2):  # a spectrum: one row
         data = data[None]
         scale, units, labels = [1.0, *scale], ["", *units], ["row", *labels]
+    if source.remote is not None:  # the widget shows what was fetched of it
+        source.mrcz["remote"] = source.remote
     base = {"scale": scale, "units": _units(units), "axis_labels": labels,
             "metadata": {"mrcz": source.mrcz}}
     if source.rgb:
@@ -183,7 +189,7 @@ def _fill(source: ImageSource, viewer: Any, factor: int | None = None) -> LevelF
     try:
         fill = LevelFill(source, source_sections(source, n_threads=1).__getitem__, factor=factor)
     except OSError as exc:
-        warnings.warn(f"{source.path}: opened without coarse levels for 3D ({exc})", stacklevel=4)
+        warnings.warn(f"{shown(source.path)}: opened without coarse levels for 3D ({exc})", stacklevel=4)
         return None
     watch(viewer)
     return fill

@@ -4,8 +4,8 @@ It follows the selected image layer and shows it in sections, each a small
 class of its own:
 
 - :class:`FileFacts`: the layer, and what it was read from (format,
-  compressor, the file's shape and type, size in memory and on disk, ratio),
-  never edited;
+  compressor, the file's shape and type, size in memory and on disk, ratio;
+  for a URL, the URL and how much of the file has been fetched), never edited;
 - :class:`PixelSizes`: the pixel size of each spatial axis, named after the
   layer's axis labels (a stack's frame axis has none), and the length unit
   they are shown and typed in;
@@ -21,7 +21,11 @@ class of its own:
 - :class:`Actions`: "Save as MRCZ…", "Load into memory", "Show as labels"
   (a labels layer sharing an integer image's data, or a 0/1 float mask's)
   and the **header inspector** (every header field, labels, extended header,
-  JSON, DM tags), whose per-section line follows napari's slider.
+  JSON, DM tags), whose per-section line follows napari's slider;
+- :class:`OpenURL`: a file on a web server or in an object store
+  (``https://``, ``s3://``) opened as a layer, as napari's *File > Open*
+  opens local files only. Remote layers are read-only: "Apply to file" is
+  disabled for them, and "Save as MRCZ…" proposes a local file.
 
 Labels layers (segmentations) are followed too: they save as labels, and one
 read from its file as it is shown (MRCZ) cannot be painted before "Load into
@@ -46,7 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 from superqt.utils import ensure_main_thread
 
@@ -57,6 +61,7 @@ from .codec.export import stored_dtype
 from .codec.lazy import LazyCast
 from .codec.narrowing import value_range
 from .codec.precision import MANTISSA_BITS, PRECISION_KEY, describe
+from .codec.remote import RemoteFile, is_url, shown
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, LENGTH_UNITS
 
 if TYPE_CHECKING:
@@ -84,6 +89,8 @@ OTHER_DECIMALS = 6
 #: The names of a layer's last three axes where its axis labels are napari's defaults ("-3", "-2", "-1").
 AXIS_NAMES = {-3: "z", -2: "y", -1: "x"}
 NO_LAYER = "(select an image layer)"
+#: Why "Apply to file" is disabled for a layer read from a URL.
+REMOTE_READ_ONLY = "remote files are read-only here: save a local copy"
 #: The modes of a labels layer that write to its data.
 PAINTING = ("paint", "fill", "erase", "polygon")
 
@@ -219,7 +226,8 @@ def proposed_save_path(name: str, source: str | None) -> str:
         The layer's name (``emd_3197`` for ``emd_3197.map.gz``; ``movie (amplitude)``).
     source
         The file the layer was read from, or ``None`` (the proposal is then
-        in the current folder).
+        in the current folder). A URL's layer gets a local file, in the
+        user's home folder.
 
     Returns
     -------
@@ -228,9 +236,13 @@ def proposed_save_path(name: str, source: str | None) -> str:
         is the source itself.
     """
     stem = name.replace(os.sep, "_").replace("/", "_") or "image"
-    folder = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+    remote = is_url(source)
+    if remote:
+        folder = os.path.expanduser("~")
+    else:
+        folder = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
     path = os.path.join(folder, f"{stem}.mrcz")
-    if source and _same_file(path, source):
+    if source and not remote and _same_file(path, source):
         path = os.path.join(folder, f"{stem}_copy.mrcz")
     return path
 
@@ -273,8 +285,42 @@ def file_summary(layer: Any, frames: bool) -> str:
         raw = int(np.prod(meta.get("shape") or data.shape)) * stored.itemsize
         if raw != nbytes:
             text += f"; file {_human(raw)} uncompressed"
-        text += f", {_human(on_disk)} on disk, ratio {raw / on_disk:.2f}"
+        where = "on the server" if is_url(meta.get("source")) else "on disk"
+        text += f", {_human(on_disk)} {where}, ratio {raw / on_disk:.2f}"
     return f"{text}\n{file_precision(meta)}"
+
+
+def _breakable(text: str) -> str:
+    """``text`` with a zero-width space after each ``/``, ``?`` and ``&``: a long URL wraps in a label."""
+    for mark in "/?&":
+        text = text.replace(mark, mark + "\u200b")
+    return text
+
+
+def remote_summary(mrcz: dict) -> str:
+    """The File section's *Source* row: where a layer read from a URL came from, and how much was fetched.
+
+    Parameters
+    ----------
+    mrcz
+        The layer's ``metadata['mrcz']`` (its ``remote`` is the
+        :class:`~napari_mrcz.codec.remote.RemoteFile` it reads through).
+
+    Returns
+    -------
+    str
+        The URL, its password and signature blanked (:func:`~napari_mrcz.codec.remote.shown`;
+        zero-width spaces after its ``/`` let it wrap), and "fetched N MB of M MB";
+        ``""`` for a layer not read from a URL.
+    """
+    source = mrcz.get("source")
+    if not is_url(source):
+        return ""
+    text = _breakable(shown(source))
+    remote = mrcz.get("remote")
+    if remote is not None:
+        text += f"\nfetched {_human(remote.fetched_bytes)} of {_human(remote.size)}"
+    return text
 
 
 def file_precision(mrcz: dict) -> str:
@@ -363,13 +409,14 @@ class Section:
 
 
 class FileFacts(Section):
-    """The layer's name and what its file is; never edited."""
+    """The layer's name and what its file is (for a URL: where, and how much was fetched); never edited."""
 
     def __init__(self, selection: Selection) -> None:
         self.selection = selection
         self.layer_name = Label(label="Layer", value=NO_LAYER)
         self.summary = Label(label="File", value="")
-        self.rows = [self.layer_name, self.summary]
+        self.origin = Label(label="Source", value="")
+        self.rows = [self.layer_name, self.summary, self.origin]
         from qtpy.QtWidgets import QSizePolicy
 
         for row in self.rows:  # text from the left of the value column, wrapped, as the fields below
@@ -381,6 +428,16 @@ class FileFacts(Section):
         layer = self.selection.layer
         self.layer_name.value = layer.name
         self.summary.value = file_summary(layer, self.selection.frame_axis())
+        source = self.selection.mrcz().get("source")
+        self.origin.tooltip = shown(source) if is_url(source) else ""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show again how much of a remote layer's file has been fetched (cheap: on every frame step)."""
+        layer = self.selection.layer
+        text = remote_summary(layer.metadata.get("mrcz") or {}) if layer is not None else ""
+        self.origin.value = text
+        self.origin.visible = bool(text)
 
     def clear(self, layer: Any) -> None:
         """Say why nothing is shown: no layer, or one that is not an image.
@@ -393,6 +450,8 @@ class FileFacts(Section):
         self.layer_name.value = NO_LAYER if layer is None else \
             f"{layer.name}: a {layer.__class__.__name__.lower()} layer, not an image {NO_LAYER}"
         self.summary.value = ""
+        self.origin.value = ""
+        self.origin.visible = False
 
 
 @dataclass
@@ -569,12 +628,14 @@ def apply_refusal(mrcz: dict) -> str | None:
     Returns
     -------
     str or None
-        The button's tooltip where it is disabled: a DM file, a gzip or bzip2
-        file, or a layer not read from an MRC or MRCZ file.
+        The button's tooltip where it is disabled: a URL, a DM file, a gzip
+        or bzip2 file, or a layer not read from an MRC or MRCZ file.
     """
     source, kind = mrcz.get("source"), str(mrcz.get("format") or "")
     if not source or not kind:
         return "not read from a file: save it as MRC or MRCZ first"
+    if is_url(source):
+        return REMOTE_READ_ONLY
     if kind.startswith("DM"):
         return "DM files are read-only: save as MRC or MRCZ, then edit"
     if str(source).lower().endswith((".gz", ".bz2")):
@@ -1096,6 +1157,151 @@ class Actions(Section):
                 row.enabled = active
 
 
+def _named(exc: BaseException, url: str) -> str:
+    """An error's message naming ``url`` once, its password, signature or token blanked."""
+    message, name = str(exc), shown(url)
+    if url != name:
+        message = message.replace(url, name)
+    return message if name in message else f"{name}: {message}"
+
+
+def _reach(url: str) -> str | None:
+    """Ask the server for the file's first block, and let it go (a worker's job: the tries may take long).
+
+    Parameters
+    ----------
+    url
+        The file's URL.
+
+    Returns
+    -------
+    str or None
+        ``None`` where the server gave it; else why not (an unreachable or
+        refusing server, no such file, what reading URLs needs not
+        installed), naming the URL with its secrets blanked.
+    """
+    try:
+        RemoteFile(url).close()
+    except (OSError, ValueError, ImportError) as exc:  # RemoteFileError, MRCFileError, the extra missing
+        return _named(exc, url)
+    return None
+
+
+class OpenURL(Section):
+    """*Open URL…*: a file on a web server or in an object store opened as a layer, as a local one opens.
+
+    napari's *File > Open* takes local files only. The server is asked for
+    the file first in a worker thread, so that an unreachable server or a
+    missing file (found out after the codec's tries, up to many seconds)
+    never freezes the viewer; then ``viewer.open(url, plugin="napari-mrcz")``
+    opens it in the main thread, reading its header and the frame shown, as
+    for a local file. Errors go to napari's notifications and to the
+    section's line, naming the URL with its password and signature blanked.
+    The section needs no layer: it stays enabled.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer to open layers in.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.url = LineEdit(label="URL", value="")
+        self.url.native.setPlaceholderText("https://… or s3://…")
+        self.url.tooltip = ("A file on a web server or in an object store (https://, s3://): read by Range "
+                            "requests as it is shown, never downloaded whole")
+        self.button = PushButton(text="Open URL…")
+        self.result = Label(label="", value="")
+        self.rows = [self.url, self.button, self.result]
+        #: The layers the last open added.
+        self.opened: list[Any] = []
+        self._worker: Any = None
+        self.button.changed.connect(lambda *_: self.open())
+        self.url.native.returnPressed.connect(self.open)
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.result.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.result.native.setWordWrap(True)
+        self.result.visible = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether an open is under way (the server being asked)."""
+        return self._worker is not None
+
+    def set_active(self, active: bool) -> None:
+        """Nothing to do: opening a URL needs no selected layer.
+
+        Parameters
+        ----------
+        active
+            Whether an image layer is selected (ignored).
+        """
+
+    def _say(self, text: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
+            self.result.value = _breakable(text)
+            self.result.tooltip = text
+            self.result.visible = bool(text)
+
+    def open(self, url: str | None = None) -> Any:
+        """Open ``url`` (default: the field's) in the viewer: the server is asked in a worker thread first.
+
+        Parameters
+        ----------
+        url
+            An ``https://``, ``http://`` or ``s3://`` URL of an MRC, MRCZ or DM file.
+
+        Returns
+        -------
+        FunctionWorker or None
+            The started worker (the layers are added when it has returned:
+            :attr:`opened`); ``None`` for text that is no URL (the section's
+            line says so). While an open runs, the running worker.
+        """
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            return self._worker
+        url = (self.url.value if url is None else url).strip()
+        if not url:
+            self._say("type the URL of a file: https://… or s3://…")
+            return None
+        if not is_url(url):
+            self._say(f"{shown(url)}: not a URL (https://, s3://); open local files with File > Open")
+            return None
+        worker = create_worker(_reach, url, _start_thread=False,
+                               _connect={"returned": lambda problem: self._add(url, problem),
+                                         "finished": lambda: self._ended(worker)})
+        self._worker = worker
+        self.button.enabled = False
+        self._say(f"opening {shown(url)}…")
+        worker.start()
+        return worker
+
+    def _add(self, url: str, problem: str | None) -> None:
+        """The server gave the file (``problem`` is ``None``): open it in the main thread; else say why."""
+        if problem is None:
+            try:
+                self.opened = self.viewer.open(url, plugin="napari-mrcz")
+            except Exception as exc:  # noqa: BLE001 - whatever the reader or napari raise is told, not raised
+                problem = _named(exc, url)
+        if problem is None:
+            self._say(f"opened {shown(url)}")
+            return
+        from napari.utils.notifications import show_error
+
+        self._say(f"not opened: {problem}")
+        show_error(f"Open URL: {problem}")
+
+    def _ended(self, worker: Any) -> None:
+        if self._worker is worker:
+            self._worker = None
+        with contextlib.suppress(RuntimeError):
+            self.button.enabled = True
+
+
 def replace_with_array(viewer: napari.viewer.Viewer, layer: Any, array: np.ndarray) -> Any:
     """Put a single-scale layer holding ``array`` in the place of ``layer`` (napari cannot make one so).
 
@@ -1156,8 +1362,9 @@ class MRCZWidget(Container):
         self.file_edit = FileEdit(self.selection, self.pixels, self._file_edited)
         self.save_settings = SaveSettings(self.selection)
         self.actions = Actions()
+        self.open_url = OpenURL(viewer)
         self.sections: list[Section] = [self.file, self.pixels, self.microscope, self.file_edit,
-                                        self.save_settings, self.actions]
+                                        self.save_settings, self.actions, self.open_url]
         # The rows by name, as scripts and tests know them.
         self.layer_name, self.summary = self.file.layer_name, self.file.summary
         self.pixel_z, self.pixel_y, self.pixel_x = (self.pixels.fields[a] for a in (-3, -2, -1))
@@ -1269,7 +1476,8 @@ class MRCZWidget(Container):
             self._step()
 
     def _step(self, *_: Any) -> None:
-        """Show the per-section record of the section on the slider."""
+        """Show the per-section record of the section on the slider (and what a URL's layer has fetched)."""
+        self.file.refresh()
         if self.layer is None or self.layer.ndim < 3:
             self.inspector.show_section(0)
             return
@@ -1320,8 +1528,8 @@ class MRCZWidget(Container):
 
     @property
     def busy(self) -> bool:
-        """Whether a load, save or "Apply to file" started here is still running (its end not yet handled)."""
-        return self._load is not None or bool(self._saves) or self.file_edit.busy
+        """Whether a load, save, "Apply to file" or "Open URL…" started here runs (end not yet handled)."""
+        return self._load is not None or bool(self._saves) or self.file_edit.busy or self.open_url.busy
 
     def save_as(self, path: str) -> Any:
         """Save the selected layer as MRCZ in a worker thread; returns the started worker.

@@ -40,6 +40,7 @@ from .codec.export import (
 )
 from .codec.narrowing import LabelValueError, labels_dtype
 from .codec.precision import PRECISION_KEY
+from .codec.remote import is_url
 
 #: Emitted as ``(path, mrcz)`` after each save, in the saving thread, with the saved layer's
 #: ``metadata['mrcz']`` (the dock widget refreshes what it shows of the file).
@@ -190,7 +191,7 @@ def _saved_over_source(path: str, attributes: dict) -> None:
     """
     live = (attributes.get("metadata") or {}).get("mrcz")
     source = live.get("source") if isinstance(live, dict) else None
-    if not source:
+    if not source or is_url(source):  # a save never writes over a URL
         return
     try:
         same = os.path.samefile(path, source)

@@ -27,6 +27,7 @@ from . import journal
 from .atomic import atomic_write
 from .errors import MRCFileError
 from .header import HEADER_BYTES, HEADER_DTYPE, data_axes_cell, parse_header
+from .remote import is_url, shown
 from .stack import MRCStack
 
 #: New room for JSON, when a file is rewritten for it: a multiple of this many bytes, so later edits fit.
@@ -95,6 +96,10 @@ def _number(name: str, value: Any, path: str) -> float:
 
 
 def _refuse_unsupported(path: str) -> None:
+    if is_url(path):  # before anything is asked of the server
+        raise MRCFileError(shown(path), "remote files cannot be edited in place: download the file, or "
+                                        "save a local copy (napari-mrcz compress, or Save as in napari), "
+                                        "and edit that")
     lower = path.lower()
     if lower.endswith((".dm3", ".dm4")):
         raise MRCFileError(path, "DM3/DM4 files are read-only here: save them as MRC or MRCZ (napari-mrcz "
@@ -154,7 +159,7 @@ def edit_header(path: str | os.PathLike, *, pixelsize: Any = None, voltage: floa
     Raises
     ------
     MRCFileError
-        A DM, gzip or unreadable file, a value out of range, or JSON for a
+        A URL, a DM, gzip or unreadable file, a value out of range, or JSON for a
         file whose extended header is another kind (FEI, SerialEM).
     OSError
         The file cannot be written (it is then as it was).

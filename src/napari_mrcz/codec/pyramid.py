@@ -13,9 +13,10 @@ cancelled between frames.
 :class:`PyramidCache` keeps finished levels as ``.npy`` files in the user's
 cache folder (``platformdirs``; ``NAPARI_MRCZ_CACHE_DIR`` puts it elsewhere,
 say on a scratch disk), keyed by the source's path, size and
-modification time, so reopening a tomogram finds its levels at once. An entry
-counts only when its manifest says it is complete and every level's size and
-CRC-32 match; anything else (a build that was interrupted, a damaged file, a
+modification time (a URL's: the URL, with its secrets blanked, the size and
+the ETag or Last-Modified the server gives), so reopening a tomogram finds its
+levels at once. An entry counts only when its manifest says it is complete
+and every level's size and CRC-32 match; anything else (a build that was interrupted, a damaged file, a
 source that changed) is ignored and rebuilt. The cache is bounded: the least
 recently used entries go first once it holds more than its limit
 (``NAPARI_MRCZ_CACHE_GB``, default 20 GB). Levels are memory-mapped, so they
@@ -46,6 +47,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .binning import BlockSums, bin_frame, binned_size, frame_sums
+from .remote import RemoteFile, is_url, shown
 
 #: The coarsest level is at most this many bytes (float32): small enough to draw in 3D at once.
 COARSEST_BYTES = 64 << 20
@@ -142,11 +144,38 @@ def _cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("napari-mrcz", appauthor=False)) / "pyramids"
 
 
-def source_key(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """The cache key of a file (its path, size and modification time) and what it was made of."""
-    real = os.path.realpath(os.fspath(path))
-    st = os.stat(real)
-    source = {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def source_key(path: str | os.PathLike, version: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The cache key of a file (its path, size and modification time) and what it was made of.
+
+    Parameters
+    ----------
+    path
+        A local file, or a URL: keyed by the URL as :func:`~.remote.shown`
+        gives it (a pre-signed URL's signature changes, and stays off the
+        disk), its size and its ETag and Last-Modified.
+    version
+        A URL's :attr:`~.remote.RemoteFile.version`, as the file open for
+        reading knows it (default: asked of the server).
+
+    Returns
+    -------
+    tuple
+        The key (hex digits) and the source's description (kept in the manifest).
+    """
+    if is_url(os.fspath(path)):
+        if version is None:
+            opened = RemoteFile(os.fspath(path))
+            try:
+                version = opened.version
+            finally:
+                opened.close()
+        source = {"url": shown(os.fspath(path)), **version}
+        if len(version) < 2:  # no ETag, no Last-Modified: a change of the same size would go unseen
+            source["unversioned"] = uuid.uuid4().hex  # never found again
+    else:
+        real = os.path.realpath(os.fspath(path))
+        st = os.stat(real)
+        source = {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:32]
     return digest, source
 
@@ -282,14 +311,16 @@ class PyramidCache:
             limit_bytes = int(float(os.environ.get("NAPARI_MRCZ_CACHE_GB", DEFAULT_CACHE_GB)) * 1e9)
         self.limit_bytes = limit_bytes
 
-    def find(self, path: str | os.PathLike, verify: bool = True) -> CacheEntry | None:
+    def find(self, path: str | os.PathLike, verify: bool = True,
+             version: dict[str, Any] | None = None) -> CacheEntry | None:
         """The entry of ``path``'s current state, if complete (and, with ``verify``, undamaged).
 
         Without ``verify`` only the manifest and the files' shapes are checked
         (instant, for a viewer that shows the levels at once): the caller must
         then run :meth:`CacheEntry.verified` before it trusts the values.
+        ``version`` is a URL's, as :func:`source_key` takes it.
         """
-        key, source = source_key(path)
+        key, source = source_key(path, version)
         for folder in sorted(self.root.glob(f"{key}*")) if self.root.is_dir() else []:
             entry = CacheEntry.load(folder, source)
             if entry is not None and (not verify or entry.verified()):
@@ -298,9 +329,13 @@ class PyramidCache:
                 return entry
         return None
 
-    def new_entry(self, path: str | os.PathLike, shapes: list[tuple[int, ...]]) -> CacheEntry:
-        """A fresh folder for ``path``'s levels (one per build: concurrent builds never share files)."""
-        key, source = source_key(path)
+    def new_entry(self, path: str | os.PathLike, shapes: list[tuple[int, ...]],
+                  version: dict[str, Any] | None = None) -> CacheEntry:
+        """A fresh folder for ``path``'s levels (one per build: concurrent builds never share files).
+
+        ``version`` is a URL's, as :func:`source_key` takes it.
+        """
+        key, source = source_key(path, version)
         folder = self.root / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
         return CacheEntry(folder, source, shapes)

@@ -172,6 +172,24 @@ def is_url(path: Any) -> bool:
     return scheme not in _LOCAL_SCHEMES and scheme in _known_schemes()
 
 
+def file_name(path: str) -> str:
+    """The name of the file at the end of a path or URL (a URL's query and fragment left out).
+
+    Parameters
+    ----------
+    path
+        A local path or a URL (``https://host/data/movie.mrcz?X-Amz-Signature=...``).
+
+    Returns
+    -------
+    str
+        ``movie.mrcz``; ``""`` for a URL that names no file.
+    """
+    if is_url(path):
+        return urllib.parse.unquote(urllib.parse.urlsplit(path).path.rsplit("/", 1)[-1])
+    return os.path.basename(os.fspath(path))
+
+
 def _known_schemes() -> frozenset[str]:
     try:
         import fsspec
@@ -542,6 +560,18 @@ class RemoteFile:
             self._whole = first
         elif first:
             self._store({0: first})
+
+    @property
+    def version(self) -> dict[str, Any]:
+        """What tells this state of the file from another: its size, and the ETag and Last-Modified given.
+
+        Returns
+        -------
+        dict
+            ``{"size": ..., "ETag": ..., "Last-Modified": ...}``, with only the
+            tags the server sent (S3 gives an ETag; a plain web server may give neither).
+        """
+        return {"size": self.size, **self._fetcher.tags}
 
     # -- failures ------------------------------------------------------------
     def _transient(self, exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ from . import positioned
 from .dm import DMFile
 from .header import data_axes_cell
 from .lazy import FrameCache
-from .remote import is_url
+from .remote import RemoteFile, is_url
 from .stack import MRCStack
 
 DM_SUFFIXES = (".dm3", ".dm4")
@@ -81,6 +81,15 @@ class ImageSource:
     cache: FrameCache | None = None
     data: np.ndarray | None = None
     handle: Any = field(default=None, repr=False)
+
+    @property
+    def remote(self) -> RemoteFile | None:
+        """The file on a server this was opened from (its URL, version and fetch counters), else ``None``."""
+        if not is_url(self.path):
+            return None
+        src = getattr(self.handle, "_src", None) or getattr(self.handle, "_file", None)  # MRCStack, DMFile
+        src = getattr(src, "remote", src)  # a .gz/.bz2 URL: streamed into memory from this one
+        return src if isinstance(src, RemoteFile) else None
 
     def sample_frame(self) -> np.ndarray:
         """The frame napari shows first (the middle one), for contrast limits."""

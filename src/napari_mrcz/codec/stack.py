@@ -95,6 +95,7 @@ def _open_source(path: str) -> PositionedFile | RemoteFile | _MemorySource:
     finally:
         src.close()
     memory.stored_size = src.size  # what size_on_disk says: the object's size on the server
+    memory.remote = src  # its URL, version and what was fetched (ImageSource.remote)
     return memory
 
 
