@@ -290,6 +290,23 @@ def file_summary(layer: Any, frames: bool) -> str:
     return f"{text}\n{file_precision(meta)}"
 
 
+def wrapped(*labels: Label) -> None:
+    """Text rows that start at the left of the value column and wrap, as the File text does."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    for label in labels:
+        label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        label.native.setWordWrap(True)
+
+
+def say(label: Label, text: str, display: str | None = None) -> None:
+    """Show ``text`` in a result line (``display``: how to show it, if not as is); ``""`` hides the line."""
+    with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
+        label.value = text if display is None else display
+        label.tooltip = text
+        label.visible = bool(text)
+
+
 def _breakable(text: str) -> str:
     """``text`` with a zero-width space after each ``/``, ``?`` and ``&``: a long URL wraps in a label."""
     for mark in "/?&":
@@ -417,11 +434,7 @@ class FileFacts(Section):
         self.summary = Label(label="File", value="")
         self.origin = Label(label="Source", value="")
         self.rows = [self.layer_name, self.summary, self.origin]
-        from qtpy.QtWidgets import QSizePolicy
-
-        for row in self.rows:  # text from the left of the value column, wrapped, as the fields below
-            row.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            row.native.setWordWrap(True)
+        wrapped(*self.rows)  # text from the left of the value column, wrapped, as the fields below
 
     def show(self) -> None:
         """Show the selected layer's facts."""
@@ -769,10 +782,7 @@ class FileEdit(Section):
         self._worker: Any = None
         self._result_for: dict | None = None  # the metadata['mrcz'] the result line is of
         self.button.changed.connect(lambda *_: self.apply())
-        from qtpy.QtWidgets import QSizePolicy
-
-        self.result.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.result.native.setWordWrap(True)
+        wrapped(self.result)
         self.result.visible = False
 
     @property
@@ -808,10 +818,7 @@ class FileEdit(Section):
 
     def _say(self, text: str, mrcz: dict | None) -> None:
         self._result_for = mrcz if text else None
-        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
-            self.result.value = text
-            self.result.tooltip = text
-            self.result.visible = bool(text)
+        say(self.result, text)
 
     def header_sizes(self) -> dict[int, float]:
         """The pixel sizes the header gets from the layer, in Å, by (z, y, x) index.
@@ -909,11 +916,7 @@ class SaveSettings(Section):
                      self.max_error, self.precision_note, self.estimate.label]
         for field in (self.compressor, self.clevel, self.precision, self.keepbits, self.max_error):
             field.changed.connect(self._store)
-        from qtpy.QtWidgets import QSizePolicy
-
-        for row in (self.precision_note, self.estimate.label):  # wrapped, from the left, as the File text
-            row.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            row.native.setWordWrap(True)
+        wrapped(self.precision_note, self.estimate.label)
 
     def set_active(self, active: bool) -> None:
         """Enable the rows; hide them all when inactive (:meth:`show` decides which a layer has).
@@ -1219,10 +1222,7 @@ class OpenURL(Section):
         self._worker: Any = None
         self.button.changed.connect(lambda *_: self.open())
         self.url.native.returnPressed.connect(self.open)
-        from qtpy.QtWidgets import QSizePolicy
-
-        self.result.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.result.native.setWordWrap(True)
+        wrapped(self.result)
         self.result.visible = False
 
     @property
@@ -1240,10 +1240,7 @@ class OpenURL(Section):
         """
 
     def _say(self, text: str) -> None:
-        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
-            self.result.value = _breakable(text)
-            self.result.tooltip = text
-            self.result.visible = bool(text)
+        say(self.result, text, _breakable(text))
 
     def open(self, url: str | None = None) -> Any:
         """Open ``url`` (default: the field's) in the viewer: the server is asked in a worker thread first.
