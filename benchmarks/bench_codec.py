@@ -203,8 +203,6 @@ def bench_plain(data: np.ndarray, tmp: str, repeat: int) -> dict:
 
 
 def write_report(results: dict, outdir: Path) -> str:
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "codec.json").write_text(json.dumps(results, indent=1))
     lines = [
         f"{os.cpu_count()} cores, blosc threads {THREADS}, best of {results['repeat']} interleaved runs, "
         f"warm page cache, scale {results['scale']}. Rates in MB/s of decoded data. "
@@ -248,13 +246,15 @@ def write_report(results: dict, outdir: Path) -> str:
         for c in res["compressed"]:
             lines.append(f"| {name} | {c['compressor']} | {c['idx_first_2_s'] * 1e3:.1f} ms | "
                          f"{c['idx_last_2_s'] * 1e3:.1f} ms | {c['full_read_s'] * 1e3:.0f} ms |")
-    table = "\n".join(lines)
+    table = _publish(outdir, "codec", results, "\n".join(lines), lambda: plot(results, outdir / "codec.png"))
     (outdir / "codec.md").write_text(table + "\n")
-    return _publish(outdir, "codec", table, lambda: plot(results, outdir / "codec.png"))
+    return table
 
 
-def _publish(outdir: Path, section: str, table: str, draw) -> str:
-    """Put ``table`` in docs/benchmarks.md's ``section`` and draw its plot (where matplotlib is installed)."""
+def _publish(outdir: Path, section: str, results: dict, table: str, draw) -> str:
+    """Save ``results`` as ``outdir/<section>.json``, put ``table`` in benchmarks.md's ``section``, plot."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / f"{section}.json").write_text(json.dumps(results, indent=1))
     update_docs(outdir.parent / "benchmarks.md", section, table)
     try:
         draw()
@@ -389,8 +389,6 @@ def bench_setting(data: np.ndarray, keepbits: int | str | None, tmp: str, repeat
 
 
 def precision_report(results: dict, outdir: Path) -> str:
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "precision.json").write_text(json.dumps(results, indent=1))
     lines = [
         f"{os.cpu_count()} cores, zstd clevel 1, bit-shuffle, one chunk per section, best of "
         f"{results['repeat']} interleaved runs on a warm page cache, MB/s of decoded data. *Error* is each "
@@ -417,7 +415,7 @@ def precision_report(results: dict, outdir: Path) -> str:
             lines.append(f"| {name} | {r['precision']} | {bits} | {three(r['ratio'], '{:.2f}')} | "
                          f"{three(r['write_MBps'], '{:.0f}')} | {three(r['read_MBps'], '{:.0f}')} | "
                          f"{r['rms_over_noise_max']:.2g} / {r['zarr_rms_over_noise_max']:.2g} |")
-    return _publish(outdir, "precision", "\n".join(lines),
+    return _publish(outdir, "precision", results, "\n".join(lines),
                     lambda: plot_precision(results, outdir / "precision.png"))
 
 
