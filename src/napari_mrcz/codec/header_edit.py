@@ -223,15 +223,10 @@ def edit_header(path: str | os.PathLike, *, pixelsize: Any = None, voltage: floa
             ext = ext.ljust(-(-len(ext) // JSON_ROOM) * JSON_ROOM, b" ")
             new["nsymbt"], new["exttyp"] = len(ext), b"json"
     new_header = new.tobytes()
-
-    def extended(offset: int, n: int) -> bytes:  # what the new header's JSON will be
-        if ext is not None:
-            return ext[:n]
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(n)
-
-    parsed = parse_header(new_header, path, None, read_extended=extended)
+    # the new header as readers will see it; its JSON is the new one, or the one already parsed
+    parsed = parse_header(new_header, path, None, read_extended=None if ext is None else lambda _, n: ext[:n])
+    if ext is None:
+        parsed.json_meta = h.json_meta
     before, after = _seen(h), _seen(parsed)
     out = HeaderEdit(path)
     for name in _FIELDS:
