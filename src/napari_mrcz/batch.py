@@ -24,7 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .codec.convert import SOURCE_SUFFIXES, Outcome, already_done, convert, target_name
+from .codec.convert import (
+    SOURCE_SUFFIXES,
+    Outcome,
+    already_done,
+    convert,
+    source_size,
+    target_name,
+    zarr_done,
+    zarr_target_name,
+)
+from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR
 
 #: What to install for dask.distributed and rich.
 BATCH_EXTRA = 'pip install ".[batch]" in a napari-mrcz checkout'
@@ -46,7 +56,7 @@ class Job:
 
 
 def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compressed: bool,
-         pattern: str | None = None) -> list[Job]:
+         pattern: str | None = None, ome_zarr: bool = False) -> list[Job]:
     """The jobs for ``sources`` (files, or folders walked), the folder layout kept under ``dest``.
 
     Each target is named by :func:`~napari_mrcz.codec.convert.target_name`
@@ -66,6 +76,10 @@ def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compr
         Targets for ``compress`` (MRCZ) rather than ``decompress`` (plain MRC).
     pattern
         Only files whose name matches this glob.
+    ome_zarr
+        Targets are OME-Zarr folders (:func:`~napari_mrcz.codec.convert.zarr_target_name`).
+
+    OME-Zarr folders (``*.zarr``) are sources too, and are not walked into.
 
     Returns
     -------
@@ -83,20 +97,20 @@ def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compr
     jobs: list[Job] = []
     dest = Path(dest)
     for src in map(Path, sources):
-        if src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
-            pairs = [(p, p.relative_to(src)) for p in found]
-        elif src.is_file():
+        if src.is_dir() and not _is_zarr(src):
+            pairs = [(p, p.relative_to(src)) for p in _walk(src)]
+        elif src.is_file() or _is_zarr(src):
             pairs = [(src, Path(src.name))]
         else:
             raise FileNotFoundError(f"{src}: no such file or folder")
         for path, rel in pairs:
-            if not path.name.lower().endswith(SOURCE_SUFFIXES):
+            if not (path.name.lower().endswith(SOURCE_SUFFIXES) or _is_zarr(path)):
                 continue
             if pattern and not fnmatch.fnmatch(path.name, pattern):
                 continue
-            target = dest / rel.parent / target_name(rel.name, compressed)
-            jobs.append(Job(path, target, path.stat().st_size))
+            name = zarr_target_name(rel.name) if ome_zarr else target_name(rel.name, compressed)
+            target = dest / rel.parent / name
+            jobs.append(Job(path, target, source_size(path)))
     # Writing into the source folder: the outputs of an earlier run are found as sources too.
     # A file that is another job's target and records that job's source (our stamp) is its
     # output, not a file to convert again; any other file there is the user's: a clash, below.
@@ -115,6 +129,21 @@ def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compr
             raise ValueError(f"{other} and {job.source} would both be written to {job.target}; "
                              "convert them into different folders")
     return jobs
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.name.lower().endswith(".zarr") and path.is_dir()
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Files under ``folder`` and its ``.zarr`` folders (not walked into), hidden ones left out, sorted."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(here) / d for d in dirs if d.lower().endswith(".zarr")]
+        dirs[:] = [d for d in dirs if not d.lower().endswith(".zarr")]
+        found += [Path(here) / f for f in files if not f.startswith(".")]
+    return sorted(found)
 
 
 def have_distributed() -> bool:
@@ -152,10 +181,11 @@ def runner(scheduler: str | None) -> str:
     return "processes"
 
 
-def run(jobs: list[Job], *, compressed: bool, compressor: str, clevel: int, backend: str | None,
-        verify: bool, overwrite: bool, workers: int, scheduler: str | None,
+def run(jobs: list[Job], *, compressed: bool, compressor: str | None, clevel: int | None,
+        backend: str | None, verify: bool, overwrite: bool, workers: int, scheduler: str | None,
         quiet: bool, keepbits: int | str | None = None, max_error: float = 0.01,
-        dtype: str | None = None) -> list[Outcome]:
+        dtype: str | None = None, ome_zarr: bool = False, ngff: str = "0.5",
+        levels: int | None = None) -> list[Outcome]:
     """Convert every job on worker processes; returns one :class:`Outcome` per job, in job order.
 
     Parameters
@@ -163,7 +193,13 @@ def run(jobs: list[Job], *, compressed: bool, compressor: str, clevel: int, back
     jobs
         From :func:`plan`.
     compressed, compressor, clevel, backend, verify, overwrite, keepbits, max_error, dtype
-        As for :func:`~napari_mrcz.codec.convert.convert`.
+        As for :func:`~napari_mrcz.codec.convert.convert` (``compressor`` and
+        ``clevel`` ``None``: the format's default).
+    ome_zarr, ngff, levels
+        OME-Zarr outputs, as for :func:`~napari_mrcz.codec.convert.convert`. A
+        file of several slabs that is at least one worker's share of the
+        session is split: one task per slab (:func:`~napari_mrcz.codec.ome_zarr.write_slab`),
+        so that one huge tomogram spreads over every worker.
     workers
         Local worker processes (without ``scheduler``).
     scheduler
@@ -182,9 +218,12 @@ def run(jobs: list[Job], *, compressed: bool, compressor: str, clevel: int, back
         ``scheduler`` is given and dask.distributed is not installed.
     """
     kind = runner(scheduler)
+    if not ome_zarr:
+        compressor = compressor or DEFAULT_SAVE_COMPRESSOR
+        clevel = clevel or DEFAULT_SAVE_CLEVEL
     options = {"compressed": compressed, "compressor": compressor, "clevel": clevel, "backend": backend,
                "verify": verify, "overwrite": overwrite, "keepbits": keepbits, "max_error": max_error,
-               "dtype": dtype}
+               "dtype": dtype, "ome_zarr": ome_zarr, "ngff": ngff, "levels": levels}
     if kind == "dask":
         return _run_dask(jobs, options, workers, scheduler, quiet)
     return _run_processes(jobs, options, workers, quiet)
@@ -199,61 +238,187 @@ def _failed(job: Job, exc: BaseException) -> Outcome:
 ALLOWED_FAILURES = 3
 
 
+@dataclass
+class _Task:
+    """One unit of work for a worker: a whole file, or one slab of a file split over workers."""
+
+    job: int
+    fn: Any
+    args: tuple
+    kwargs: dict
+    nbytes: int
+    name: str
+
+
+class _Work:
+    """The tasks of a run and how their results become one :class:`Outcome` per job.
+
+    A job is one task (:func:`~napari_mrcz.codec.convert.convert`), or, for
+    an OME-Zarr output split by slabs, one task per slab: its output is
+    prepared here first and finished here once every slab is written.
+    """
+
+    def __init__(self, jobs: list[Job], options: dict[str, Any], workers: int, cores: int) -> None:
+        self.jobs, self.options = jobs, options
+        self.outcomes: dict[int, Outcome] = {}
+        self.tasks: list[_Task] = []
+        self._split: dict[int, Any] = {}
+        self._slabs: dict[int, list[Any]] = {}
+        self._started: dict[int, float] = {}
+        total = sum(j.nbytes for j in jobs)
+        for k, job in enumerate(jobs):
+            prepared = self._prepare(k, job, total, workers) if options["ome_zarr"] else None
+            if prepared is None:
+                if k not in self.outcomes:
+                    self.tasks.append(_Task(k, convert, (str(job.source), str(job.target)),
+                                            {"n_threads": cores, **options}, job.nbytes, job.source.name))
+                continue
+            from .codec.ome_zarr import write_slab
+
+            slabs = prepared.the_layout().slabs()
+            self._split[k], self._slabs[k] = prepared, []
+            for j, (first, end) in enumerate(slabs):
+                share = job.nbytes * (end - first) // max(1, prepared.frames)
+                self.tasks.append(_Task(k, write_slab, (prepared, j), {"n_threads": cores,
+                                        "verify": options["verify"]}, share, f"{job.source.name}[{j}]"))
+
+    def _prepare(self, k: int, job: Job, total: int, workers: int) -> Any:
+        """The prepared output of a job worth splitting (``None``: one task, or already decided)."""
+        from .codec import ome_zarr as omz
+        from .codec.convert import prepare_zarr
+        from .codec.source import open_image
+
+        if workers < 2 or job.nbytes * workers < total:
+            return None
+        options = self.options
+        self._started[k] = time.perf_counter()
+        try:
+            omz.remove_leftovers(job.target)
+            if not options["overwrite"] and zarr_done(job.source, job.target, options["keepbits"],
+                                                      options["max_error"], options["ngff"]):
+                self.outcomes[k] = Outcome(str(job.source), str(job.target), "skipped", "", job.nbytes,
+                                           source_size(job.target))
+                return None
+            opened = open_image(job.source)
+            try:
+                if len(opened.shape) != 3 or opened.shape[0] <= 1:
+                    return None
+                prepared = prepare_zarr(opened, job.target, compressor=options["compressor"],
+                                        clevel=options["clevel"], keepbits=options["keepbits"],
+                                        max_error=options["max_error"], ngff=options["ngff"],
+                                        levels=options["levels"])
+            finally:
+                opened.handle.close()
+        except Exception:  # noqa: BLE001 - the whole-file task reports it, as for any other file
+            return None
+        if len(prepared.the_layout().slabs()) < 2:
+            omz.discard(prepared)
+            return None
+        return prepared
+
+    def done(self, task: _Task, result: Any) -> Outcome | None:
+        """Record ``task``'s result; returns its job's outcome once the job is complete."""
+        k = task.job
+        if k not in self._split:
+            self.outcomes[k] = result
+            return result
+        if k in self.outcomes:  # an earlier slab failed: the job is over
+            return None
+        self._slabs[k].append(result)
+        prepared = self._split[k]
+        if len(self._slabs[k]) < len(prepared.the_layout().slabs()):
+            return None
+        from .codec.ome_zarr import discard, finish
+
+        job, results = self.jobs[k], self._slabs[k]
+        out = Outcome(str(job.source), str(job.target), "failed", "", job.nbytes, frames=prepared.frames,
+                      keepbits=prepared.keepbits)
+        try:
+            out.bytes_out = finish(prepared, results)
+            out.status = "done"
+            out.largest_error = max((r.largest_error for r in results), default=0.0)
+        except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on
+            discard(prepared)
+            out.reason = f"{type(exc).__name__}: {exc}"
+        out.seconds = time.perf_counter() - self._started[k]
+        self.outcomes[k] = out
+        return out
+
+    def failed(self, task: _Task, exc: BaseException) -> Outcome | None:
+        """Record that ``task`` failed; returns its job's outcome (``None``: already reported)."""
+        k = task.job
+        if k in self.outcomes:
+            return None
+        if k in self._split:
+            from .codec.ome_zarr import discard
+
+            discard(self._split[k])
+        self.outcomes[k] = _failed(self.jobs[k], exc)
+        return self.outcomes[k]
+
+    def skipped(self) -> list[Outcome]:
+        """Outcomes decided before any task ran (outputs already done)."""
+        return [o for k, o in self.outcomes.items() if k not in self._split]
+
+
 def _run_processes(jobs: list[Job], options: dict[str, Any], workers: int, quiet: bool) -> list[Outcome]:
     """The jobs on a pool of ``workers`` spawned processes (no dask needed).
 
-    A worker that dies (killed, out of memory) breaks the pool and every job
-    in it: a new pool takes the jobs that were not finished, and a job that
+    A worker that dies (killed, out of memory) breaks the pool and every task
+    in it: a new pool takes the tasks that were not finished, and a task that
     was running at :data:`ALLOWED_FAILURES` deaths is failed.
     """
     if not jobs:
         return []
-    workers = max(1, min(workers, len(jobs)))
+    workers = max(1, min(workers, len(jobs)) if not options["ome_zarr"] else workers)
     cores = max(1, (os.cpu_count() or 1) // workers)
-    outcomes: dict[int, Outcome] = {}
+    work = _Work(jobs, options, workers, cores)
+    workers = max(1, min(workers, len(work.tasks)))
     deaths: dict[int, int] = {}
-    todo = list(range(len(jobs)))
+    todo = list(range(len(work.tasks)))
     with _Progress(jobs, quiet, f"{workers} worker process{'es' if workers > 1 else ''}") as progress:
+        for outcome in work.skipped():
+            progress.finished(outcome)
         while todo:
-            todo = _one_pool(jobs, todo, options, workers, cores, outcomes, deaths, progress)
-    return [outcomes[k] for k in range(len(jobs))]
+            todo = _one_pool(work, todo, workers, deaths, progress)
+    return [work.outcomes[k] for k in range(len(jobs))]
 
 
-def _one_pool(jobs: list[Job], todo: list[int], options: dict[str, Any], workers: int, cores: int,
-              outcomes: dict[int, Outcome], deaths: dict[int, int], progress: _Progress) -> list[int]:
-    """Run ``todo`` on a new pool until done or the pool breaks; returns the jobs to run again."""
+def _one_pool(work: _Work, todo: list[int], workers: int, deaths: dict[int, int],
+              progress: _Progress) -> list[int]:
+    """Run tasks ``todo`` on a new pool until done or the pool breaks; returns the tasks to run again."""
     again: list[int] = []
+    tasks = work.tasks
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures: dict[Future, int] = {
-            pool.submit(convert, str(jobs[k].source), str(jobs[k].target), n_threads=cores, **options): k
-            for k in todo}
+        futures: dict[Future, int] = {pool.submit(tasks[t].fn, *tasks[t].args, **tasks[t].kwargs): t
+                                      for t in todo if tasks[t].job not in work.outcomes}
         pending, running = set(futures), set()
         broken: list[int] = []
         while pending:
             done, pending = wait_futures(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
-                k = futures[future]
+                t = futures[future]
                 try:
-                    outcomes[k] = future.result()
-                except BrokenProcessPool:  # a worker died: every job of the pool ends so
-                    broken.append(k)
+                    result = future.result()
+                except BrokenProcessPool:  # a worker died: every task of the pool ends so
+                    broken.append(t)
                     continue
                 except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on
-                    outcomes[k] = _failed(jobs[k], exc)
-                progress.finished(outcomes[k])
+                    progress.ended(tasks[t], work.failed(tasks[t], exc))
+                    continue
+                progress.ended(tasks[t], work.done(tasks[t], result))
             running = {futures[f] for f in pending if f.running()} or running
-            progress.in_flight([jobs[k].source.name for k in running if k not in outcomes])
-        # the jobs that were running when it died count a death (all of them, if none was seen running)
-        suspects = [k for k in broken if k in running] or broken
-        for k in broken:
-            deaths[k] = deaths.get(k, 0) + (k in suspects)
-            if deaths[k] < ALLOWED_FAILURES:
-                again.append(k)
+            progress.in_flight([tasks[t].name for t in running])
+        # the tasks that were running when it died count a death (all of them, if none was seen running)
+        suspects = [t for t in broken if t in running] or broken
+        for t in broken:
+            deaths[t] = deaths.get(t, 0) + (t in suspects)
+            if deaths[t] < ALLOWED_FAILURES:
+                again.append(t)
             else:
-                outcomes[k] = _failed(jobs[k], RuntimeError(
-                    f"its worker process died {deaths[k]} times while it ran"))
-                progress.finished(outcomes[k])
+                progress.ended(tasks[t], work.failed(tasks[t], RuntimeError(
+                    f"its worker process died {deaths[t]} times while it ran")))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return sorted(again)
@@ -280,17 +445,19 @@ def _run_dask(jobs: list[Job], options: dict[str, Any], workers: int, scheduler:
     from distributed import wait
 
     client, cluster = _client(workers, scheduler)
-    outcomes: dict[int, Outcome] = {}
     try:
         n_workers = len(client.scheduler_info()["workers"])
         cores = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+        work = _Work(jobs, options, n_workers, cores)
         futures = {}
-        for k, job in enumerate(jobs):
-            future = client.submit(convert, str(job.source), str(job.target), n_threads=cores, pure=False,
-                                   key=f"mrcz-{k}-{job.source.name}", **options)
-            futures[future] = k
+        for t, task in enumerate(work.tasks):
+            future = client.submit(task.fn, *task.args, pure=False, key=f"mrcz-{t}-{task.name}",
+                                   **task.kwargs)
+            futures[future] = t
         where = f"dask ({scheduler or f'{n_workers} local workers'})"
         with _Progress(jobs, quiet, where) as progress:
+            for outcome in work.skipped():
+                progress.finished(outcome)
             pending = set(futures)
             while pending:
                 try:
@@ -298,18 +465,19 @@ def _run_dask(jobs: list[Job], options: dict[str, Any], workers: int, scheduler:
                 except TimeoutError:  # nothing finished in this half second
                     done = set()
                 for future in done:
-                    k = futures[future]
+                    task = work.tasks[futures[future]]
                     try:
-                        outcomes[k] = future.result()
+                        result = future.result()
                     except Exception as exc:  # noqa: BLE001 - a worker died under this task too often
-                        outcomes[k] = _failed(jobs[k], exc)
-                    progress.finished(outcomes[k])
+                        progress.ended(task, work.failed(task, exc))
+                        continue
+                    progress.ended(task, work.done(task, result))
                 progress.in_flight(_processing(client, futures))
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return [outcomes[k] for k in range(len(jobs))]
+    return [work.outcomes[k] for k in range(len(jobs))]
 
 
 def _processing(client: Any, futures: dict) -> list[str]:
@@ -364,14 +532,28 @@ class _Progress:
         self.bar.start()
         return self
 
+    def ended(self, task: _Task, outcome: Outcome | None) -> None:
+        """A task ended; ``outcome`` is its job's, if that job is complete now.
+
+        A slab of a split file moves the bar by its share of the file; the
+        file counts once its last slab is done.
+        """
+        whole = task.fn is convert
+        self._show(task.nbytes if not whole else outcome.bytes_in if outcome is not None else 0, outcome)
+
     def finished(self, outcome: Outcome) -> None:
-        self.count += 1
-        self.nbytes += outcome.bytes_in
-        self.failed += outcome.status == "failed"
+        """A job decided without a task (already done)."""
+        self._show(outcome.bytes_in, outcome)
+
+    def _show(self, advance: int, outcome: Outcome | None) -> None:
+        self.nbytes += advance
+        if outcome is not None:
+            self.count += 1
+            self.failed += outcome.status == "failed"
         if self.bar is not None:
-            self.bar.update(self.task, advance=outcome.bytes_in, files=f"{self.count}/{self.n} files",
+            self.bar.update(self.task, advance=advance, files=f"{self.count}/{self.n} files",
                             failed=f"{self.failed} failed" if self.failed else "")
-        elif not self.quiet and time.monotonic() - self.last >= PLAIN_PROGRESS_EVERY:
+        elif not self.quiet and outcome is not None and time.monotonic() - self.last >= PLAIN_PROGRESS_EVERY:
             self.last = time.monotonic()
             share = f" ({100 * self.nbytes / self.total:.0f} %)" if self.total else ""
             print(f"napari-mrcz: {self.count}/{self.n} files, {format_bytes(self.nbytes)} of "
@@ -517,7 +699,7 @@ def print_summary(info: dict[str, Any], title: str = "napari-mrcz") -> None:
 
 
 def dry_run(jobs: list[Job], overwrite: bool, keepbits: int | str | None = None,
-            max_error: float = 0.01) -> list[dict[str, Any]]:
+            max_error: float = 0.01, ome_zarr: bool = False, ngff: str = "0.5") -> list[dict[str, Any]]:
     """What a run would do with each job, without writing anything.
 
     Parameters
@@ -528,13 +710,18 @@ def dry_run(jobs: list[Job], overwrite: bool, keepbits: int | str | None = None,
         Whether targets already done would be written again.
     keepbits, max_error
         The precision asked for: a target with another is written again.
+    ome_zarr, ngff
+        OME-Zarr targets of this NGFF version.
 
     Returns
     -------
     list of dict
         ``source``, ``target``, ``bytes`` and ``action`` (``'write'`` or ``'skip'``) of each job.
     """
+    def done(j: Job) -> bool:
+        if ome_zarr:
+            return zarr_done(j.source, j.target, keepbits, max_error, ngff)
+        return already_done(j.source, j.target, keepbits, max_error)
+
     return [{"source": str(j.source), "target": str(j.target), "bytes": j.nbytes,
-             "action": "skip" if not overwrite and already_done(j.source, j.target, keepbits, max_error)
-             else "write"}
-            for j in jobs]
+             "action": "skip" if not overwrite and done(j) else "write"} for j in jobs]

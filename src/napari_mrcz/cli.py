@@ -178,13 +178,15 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
     from . import batch
 
     try:
-        jobs = batch.plan(args.sources, args.output, compressed=compressed, pattern=args.pattern)
+        ome_zarr = getattr(args, "format", "mrcz") == "ome-zarr"
+        jobs = batch.plan(args.sources, args.output, compressed=compressed, pattern=args.pattern,
+                          ome_zarr=ome_zarr)
     except (FileNotFoundError, ValueError) as exc:
         print(f"napari-mrcz: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
         for item in batch.dry_run(jobs, args.overwrite, getattr(args, "keepbits", None),
-                                  getattr(args, "max_error", 0.01)):
+                                  getattr(args, "max_error", 0.01), ome_zarr, getattr(args, "ngff", "0.5")):
             print(f"{item['action']:<5} {item['source']} -> {item['target']}")
         return 0
     try:
@@ -194,12 +196,14 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
         return 2
     t0 = time.perf_counter()
     outcomes = batch.run(jobs, compressed=compressed,
-                         compressor=getattr(args, "compressor", DEFAULT_SAVE_COMPRESSOR),
-                         clevel=getattr(args, "clevel", DEFAULT_SAVE_CLEVEL),
+                         compressor=getattr(args, "compressor", None),
+                         clevel=getattr(args, "clevel", None),
                          backend=getattr(args, "backend", None), verify=not args.no_verify,
                          overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
                          quiet=args.quiet, keepbits=getattr(args, "keepbits", None),
-                         max_error=getattr(args, "max_error", 0.01), dtype=getattr(args, "dtype", None))
+                         max_error=getattr(args, "max_error", 0.01), dtype=getattr(args, "dtype", None),
+                         ome_zarr=ome_zarr, ngff=getattr(args, "ngff", "0.5"),
+                         levels=getattr(args, "levels", None))
     info = batch.summary(outcomes, time.perf_counter() - t0)
     if args.json:
         print(json.dumps({**info, "runner": runner, "outcomes": [o.as_dict() for o in outcomes]}))
@@ -299,10 +303,20 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("sources", nargs="+", metavar="SRC", help="files, and folders to walk")
         p.add_argument("-o", "--output", required=True, metavar="DEST", help="folder for the outputs")
         if name == "compress":
-            p.add_argument("--compressor", choices=COMPRESSORS, default=DEFAULT_SAVE_COMPRESSOR,
-                           help="blosc compressor (default: %(default)s)")
-            p.add_argument("--clevel", type=int, choices=range(1, 10), default=DEFAULT_SAVE_CLEVEL,
-                           metavar="1-9", help="compression level (default: %(default)s)")
+            p.add_argument("--format", choices=["mrcz", "ome-zarr"], default="mrcz",
+                           help="write MRCZ files, or OME-Zarr folders (NAME.zarr; default: %(default)s)")
+            p.add_argument("--ngff", choices=["0.5", "0.4"], default="0.5",
+                           help="with --format ome-zarr: NGFF 0.5 (Zarr v3, sharded) or 0.4 (the CryoET "
+                                "Data Portal's Zarr v2 layout) (default: %(default)s)")
+            p.add_argument("--levels", type=int, metavar="N", default=None,
+                           help="with --format ome-zarr: how many levels (default: down to 2048 pixels on "
+                                "the largest side; 3 for --ngff 0.4)")
+            p.add_argument("--compressor", choices=COMPRESSORS, default=None,
+                           help=f"blosc compressor (default: {DEFAULT_SAVE_COMPRESSOR}; OME-Zarr: zstd, "
+                                "lz4 for --ngff 0.4)")
+            p.add_argument("--clevel", type=int, choices=range(1, 10), default=None,
+                           metavar="1-9", help=f"compression level (default: {DEFAULT_SAVE_CLEVEL}; "
+                                               "OME-Zarr: 3, 5 for --ngff 0.4)")
             p.add_argument("--backend", choices=["blosc1", "blosc2"], default=None,
                            help="chunk format (default: blosc1, which every MRCZ reader knows)")
             p.add_argument("--keepbits", type=_keepbits, metavar="N|auto", default=None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import threading
 import time
@@ -42,7 +43,9 @@ from .dm_tags import ArrayRef
 from .export import (
     AXES_KEY,
     UnsupportedImageError,
+    is_labels,
     json_axes,
+    json_values,
     mrc_pixel_size,
     source_sections,
     stored_dtype,
@@ -51,6 +54,7 @@ from .export import (
 from .header import HEADER_BYTES, MODE_UINT4
 from .narrowing import auto_dtype, plain_mrc_dtype
 from .precision import PRECISION_KEY, check_keepbits, mantissa_bits
+from .remote import is_url
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
 
@@ -105,7 +109,9 @@ def target_name(name: str, compressed: bool) -> str:
     (``tilt.st.mrcz`` -> ``tilt.st``, ``x.mrcz`` -> ``x.mrc``); any other name
     gets ``.mrc`` appended (``x.dm4`` -> ``x.dm4.mrc``), except that a plain
     MRC file keeps its name. So ``decompress`` gives back the names
-    ``compress`` started from. Suffixes are compared ignoring case.
+    ``compress`` started from. An OME-Zarr folder's ``.zarr`` (and
+    ``.ome``) become ``.mrcz`` or ``.mrc`` (``TS_026.zarr`` ->
+    ``TS_026.mrcz``). Suffixes are compared ignoring case.
 
     Parameters
     ----------
@@ -120,6 +126,11 @@ def target_name(name: str, compressed: bool) -> str:
         The target's file name.
     """
     lower = name.lower()
+    if lower.endswith(".zarr") and len(name) > len(".zarr"):  # an OME-Zarr: TS_026.zarr -> TS_026.mrcz
+        name = name[: -len(".zarr")]
+        if name.lower().endswith(".ome"):
+            name = name[: -len(".ome")]
+        return name + (".mrcz" if compressed else ".mrc")
     if compressed:
         return name if lower.endswith(".mrcz") else name + ".mrcz"
     if lower.endswith(".mrcz"):
@@ -227,7 +238,8 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
             compressor: str = DEFAULT_SAVE_COMPRESSOR, clevel: int = DEFAULT_SAVE_CLEVEL,
             backend: str | None = None, verify: bool = True, overwrite: bool = False,
             n_threads: int | None = None, keepbits: int | str | None = None, max_error: float = 0.01,
-            dtype: str | None = None) -> Outcome:
+            dtype: str | None = None, ome_zarr: bool = False, ngff: str = "0.5",
+            levels: int | None = None) -> Outcome:
     """Write ``source`` as MRCZ (or plain MRC) at ``target``, verified; never raises for a bad file.
 
     Parameters
@@ -253,6 +265,11 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     dtype
         ``'auto'``: float sources of whole numbers in the smallest integer
         mode (lossless; MRCZ only).
+    ome_zarr, ngff, levels
+        Write an OME-Zarr folder instead (:mod:`.ome_zarr`): NGFF ``'0.5'``
+        or ``'0.4'``, with ``levels`` levels (default: down to 2048 pixels
+        on the largest side; 3 for 0.4). ``compressor`` and ``clevel`` are
+        then the blosc codec of its chunks.
 
     Returns
     -------
@@ -265,19 +282,31 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     t0 = time.perf_counter()
     out = Outcome(source, str(target), "failed")
     try:
-        out.bytes_in = os.path.getsize(source)
-        _remove_leftovers(target)
-        if not overwrite and already_done(source, target, keepbits, max_error):
-            out.status, out.bytes_out = "skipped", target.stat().st_size
-            return out
+        out.bytes_in = source_size(source)
+        if ome_zarr:
+            from . import ome_zarr as omz
+
+            omz.remove_leftovers(target)
+            if not overwrite and zarr_done(source, target, keepbits, max_error, ngff):
+                out.status, out.bytes_out = "skipped", source_size(target)
+                return out
+        else:
+            _remove_leftovers(target)
+            if not overwrite and already_done(source, target, keepbits, max_error):
+                out.status, out.bytes_out = "skipped", target.stat().st_size
+                return out
         if n_threads:
             from .mrc import setDefaultThreads
 
             setDefaultThreads(n_threads)
         opened = open_image(source)
         try:
-            _write_verified(opened, target, out, compressed, compressor, clevel, backend, verify,
-                            keepbits, max_error, dtype)
+            if ome_zarr:
+                _write_zarr(opened, target, out, compressor, clevel, verify, keepbits, max_error, ngff,
+                            levels, n_threads)
+            else:
+                _write_verified(opened, target, out, compressed, compressor, clevel, backend, verify,
+                                keepbits, max_error, dtype)
         finally:
             opened.handle.close()
         out.status = "done"
@@ -288,6 +317,196 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     finally:
         out.seconds = time.perf_counter() - t0
     return out
+
+
+def source_size(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file in a folder (an OME-Zarr)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(here, name))
+               for here, _, names in os.walk(path) for name in names)
+
+
+def zarr_target_name(name: str) -> str:
+    """The name ``compress --format ome-zarr`` gives the output of ``name``: its EM suffix becomes ``.zarr``.
+
+    ``TS_026.mrc`` -> ``TS_026.zarr``, ``movie.dm4`` -> ``movie.zarr``,
+    ``emd_3197.map.gz`` -> ``emd_3197.zarr`` (two sources that would share a
+    name are refused by the batch's plan).
+    """
+    lower = name.lower()
+    for suffix in sorted((*SOURCE_SUFFIXES, ".zarr"), key=len, reverse=True):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.lower().endswith(".ome"):
+        name = name[: -len(".ome")]
+    return name + ".zarr"
+
+
+def zarr_record(target: str | os.PathLike) -> tuple[str | None, dict | None]:
+    """The NGFF version and our record (:data:`.ome_zarr.ATTRS_KEY`) of an OME-Zarr folder, read from JSON.
+
+    ``(None, None)`` when it is not one of ours or cannot be read.
+    """
+    from .ome_zarr import ATTRS_KEY
+
+    target = Path(target)
+    try:
+        if (target / "zarr.json").is_file():
+            attrs = json.loads((target / "zarr.json").read_text()).get("attributes") or {}
+            version = (attrs.get("ome") or {}).get("version")
+        else:
+            attrs = json.loads((target / ".zattrs").read_text())
+            version = ((attrs.get("multiscales") or [{}])[0] or {}).get("version")
+    except (OSError, ValueError, AttributeError, IndexError):
+        return None, None
+    record = attrs.get(ATTRS_KEY)
+    return version, record if isinstance(record, dict) else None
+
+
+def zarr_done(source: str | os.PathLike, target: str | os.PathLike, keepbits: int | str | None = None,
+              max_error: float = 0.01, ngff: str = "0.5") -> bool:
+    """Whether the OME-Zarr ``target`` exists, records this very ``source`` and has what was asked.
+
+    Its NGFF version, and its precision as for :func:`already_done`. A folder
+    under its final name was verified before it was renamed, so its metadata
+    is enough.
+    """
+    version, record = zarr_record(target)
+    if record is None or version != ngff or record.get("stamp") != source_stamp(source):
+        return False
+    got = record.get("precision")
+    bits = got.get("keepbits") if isinstance(got, dict) and got.get("lossy") else None
+    if keepbits is None:
+        return bits is None
+    if np.dtype(record.get("stored_dtype", "f4")).kind not in "fc":
+        return True
+    if keepbits == "auto":
+        return isinstance(bits, list) and got.get("max_error") == max_error
+    return bits == keepbits
+
+
+def _origin(opened: ImageSource, size: list[float]) -> tuple[float, float, float] | None:
+    """(z, y, x) in Å of the first voxel: the MRC origin where set, else the start indices times the size."""
+    header = opened.mrcz.get("header") or {}
+    origin = header.get("origin")
+    if isinstance(origin, (list, tuple)) and len(origin) == 3 and any(float(v) for v in origin):
+        return float(origin[2]), float(origin[1]), float(origin[0])
+    starts = [header.get(k) for k in ("nzstart", "nystart", "nxstart")]
+    if all(isinstance(v, int) for v in starts) and any(starts):
+        first = 0 if opened.mrcz.get("stack") else starts[0]
+        return float(first) * size[0], float(starts[1]) * size[1], float(starts[2]) * size[2]
+    return None
+
+
+def zarr_attrs(opened: ImageSource, layout: Any, *, labels: bool = False, name: str | None = None,
+               extra: dict | None = None) -> dict[str, Any]:
+    """The attributes of an OME-Zarr written from ``opened``: NGFF ``multiscales``, and all the file said.
+
+    Parameters
+    ----------
+    opened
+        The source, as :func:`~.source.open_image` describes it.
+    layout
+        Its :class:`~.ome_zarr.Layout`.
+    labels
+        A segmentation (NGFF ``image-label`` too).
+    name
+        The image's name (default: the source's file name).
+    extra
+        More JSON metadata, merged under the source's.
+    """
+    from .ome_zarr import ATTRS_KEY, multiscales
+
+    mrcz = opened.mrcz
+    size = pixel_size(opened)
+    origin = _origin(opened, size)
+    entry = multiscales(layout, tuple(size), origin, name or os.path.basename(opened.path.rstrip("/")))
+    meta = {**dict(extra or {}), **dict(mrcz.get("meta") or {})}
+    on_disk = not is_url(opened.path) and os.path.exists(opened.path)  # not a layer made in napari
+    if on_disk:
+        meta = {**source_metadata(opened), **meta}
+    records = mrcz.get("extended")
+    record = {
+        "format": 1, "tool": f"napari-mrcz {__version__}",
+        "stamp": source_stamp(opened.path) if on_disk else None,
+        "source_format": mrcz.get("format"), "source_dtype": np.dtype(opened.dtype).name,
+        "stored_dtype": np.dtype(layout.dtype).name, "labels": bool(labels), "uint4": is_uint4(opened),
+        "stack": bool(mrcz.get("stack")), "slices": int(mrcz.get("slices") or 0),
+        "frame_spacing": mrcz.get("frame_spacing"), "pixel_size": size,
+        "voltage": mrcz.get("voltage"), "C3": mrcz.get("C3"), "gain": mrcz.get("gain"),
+        "header": _json_safe(mrcz.get("header") or {}),
+        "extended": {**{k: v for k, v in records.items() if k != "sections"}, "sections": {
+            str(name): json_values(values) for name, values in (records.get("sections") or {}).items()}}
+        if isinstance(records, dict) else None,
+        "meta": _json_safe(meta),
+        "axes": [{"label": str(a), "scale": float(s), "units": str(u)}
+                 for a, s, u in zip(opened.axis_labels, opened.scale, opened.units, strict=False)],
+        "source_precision": (mrcz.get("meta") or {}).get(PRECISION_KEY),
+    }
+    attrs: dict[str, Any] = {ATTRS_KEY: record}
+    if layout.ngff == "0.5":
+        ome: dict[str, Any] = {"version": "0.5", "multiscales": [entry]}
+        if labels:
+            ome["image-label"] = {"version": "0.5"}
+        attrs["ome"] = ome
+    else:
+        attrs["multiscales"] = [{"version": "0.4", **entry}]
+        if labels:
+            attrs["image-label"] = {"version": "0.4"}
+    return attrs
+
+
+def prepare_zarr(opened: ImageSource, target: str | os.PathLike, *, compressor: str | None = None,
+                 clevel: int | None = None, keepbits: int | str | None = None, max_error: float = 0.01,
+                 ngff: str = "0.5", levels: int | None = None, labels: bool | None = None) -> Any:
+    """Plan and create the OME-Zarr output of ``opened``: returns its :class:`~.ome_zarr.Prepared`.
+
+    The slabs are then written by :func:`~.ome_zarr.write_slab` (here, or
+    by workers that open the source themselves) and the output named by
+    :func:`~.ome_zarr.finish`.
+
+    Raises
+    ------
+    UnsupportedImageError
+        RGB, complex, 1D or more than 3 dimensions.
+    """
+    from . import ome_zarr as omz
+
+    if opened.rgb:
+        raise UnsupportedImageError(f"{opened.path}: RGB images are not written to OME-Zarr by napari-mrcz")
+    if len(opened.shape) not in (2, 3):
+        raise UnsupportedImageError(f"{opened.path}: OME-Zarr output takes 2D and 3D images, "
+                                    f"not {len(opened.shape)}D")
+    if labels is None:
+        labels = is_labels(opened.mrcz)
+    dtype = omz.output_dtype(np.uint8 if is_uint4(opened) else opened.dtype, opened.path)
+    if keepbits is not None and dtype.kind != "f" or labels:
+        keepbits = None  # integers are exact already; labels are never rounded
+    elif isinstance(keepbits, int):
+        keepbits = min(keepbits, mantissa_bits(dtype))
+    check_keepbits(keepbits, dtype)
+    volume = len(opened.shape) == 3 and not opened.mrcz.get("stack")
+    layout = omz.plan_layout(opened.shape, dtype, volume=volume, labels=labels, ngff=ngff, levels=levels,
+                             compressor=compressor, clevel=clevel)
+    attrs = zarr_attrs(opened, layout, labels=labels)
+    prepared = omz.prepare(opened.path, target, layout, attrs, keepbits=keepbits, max_error=max_error)
+    prepared.frames = opened.shape[0] if len(opened.shape) == 3 else 1
+    return prepared
+
+
+def _write_zarr(opened: ImageSource, target: Path, out: Outcome, compressor: str | None, clevel: int | None,
+                verify: bool, keepbits: int | str | None, max_error: float, ngff: str, levels: int | None,
+                n_threads: int | None) -> None:
+    from . import ome_zarr as omz
+
+    prepared = prepare_zarr(opened, target, compressor=compressor, clevel=clevel, keepbits=keepbits,
+                            max_error=max_error, ngff=ngff, levels=levels)
+    out.keepbits, out.frames = prepared.keepbits, prepared.frames
+    sections = source_sections(opened, n_threads)
+    out.bytes_out, results = omz.write_all(prepared, sections.__getitem__, n_threads, verify)
+    out.largest_error = max((r.largest_error for r in results), default=0.0)
 
 
 def _remove_leftovers(target: Path) -> None:
@@ -399,7 +618,7 @@ class WrittenCheck:
             expected = np.ascontiguousarray(section).reshape(-1).view(np.uint8)
             decoded = self._buffer(expected.size)
             blosc_chunks.decompress_into(payload, decoded, payload[0], 1)
-            same = _same_bytes(decoded, expected)
+            same = same_bytes(decoded, expected)
         else:
             same = True  # the section's own bytes
         with self._lock:
@@ -445,7 +664,7 @@ class WrittenCheck:
                                             f"written from {source}'s section {i}")
 
 
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two byte arrays are equal (compared 8 bytes at a time where they can be: 10x faster)."""
     if a.size != b.size:
         return False

@@ -182,6 +182,9 @@ def source_sections(source: ImageSource, n_threads: int | None = None) -> Sectio
     if isinstance(handle, DMFile) and len(source.shape) == 3 and not handle.main_image.is_fft:
         return Sections(lambda i: handle.read(None, i, i + 1)[0], source.shape[0], source.shape[1:],
                         source.dtype)
+    read_section = getattr(handle, "read_section", None)  # an OME-Zarr's level 0
+    if read_section is not None and len(source.shape) == 3:
+        return Sections(read_section, source.shape[0], source.shape[1:], source.dtype)
     data = source.data
     if data.ndim == 1:
         data = data[None]
@@ -242,7 +245,7 @@ def write_image(data: Any, path: str | os.PathLike, mrcz: dict, pixelsize: list[
     if records and records.get("sections") and EXTENDED_KEY not in meta:
         if compressed:  # MRCZ's extended header is its JSON: they go there, by name
             meta[EXTENDED_KEY] = {"type": records.get("type"), "sections": {
-                str(name): _json_values(values) for name, values in records["sections"].items()}}
+                str(name): json_values(values) for name, values in records["sections"].items()}}
         else:
             warnings.warn(f"{path}: the {records.get('type')} extended header (per-section "
                           f"{', '.join(list(records['sections'])[:4])} ...) is not written to plain MRC; "
@@ -292,7 +295,7 @@ def _determined(stats: tuple) -> bool:
     return lo <= mean <= hi and rms >= 0 and (rms > 0 or lo == hi)
 
 
-def _json_values(values: Any) -> list:
+def json_values(values: Any) -> list:
     """Per-section values as JSON holds them: text decoded, numbers as numbers, NaN and inf as null."""
     array = np.asarray(values)
     if array.dtype.kind == "S":

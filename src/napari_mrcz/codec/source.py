@@ -102,6 +102,8 @@ class ImageSource:
 def open_image(path: str | os.PathLike) -> ImageSource:
     """Open an MRC, MRCZ or DigitalMicrograph file, or its URL (``https://``, ``s3://``), for viewing.
 
+    An OME-Zarr folder (``.zarr``) opens too, by :mod:`.zarr_source`.
+
     Raises
     ------
     MRCFileError
@@ -110,6 +112,10 @@ def open_image(path: str | os.PathLike) -> ImageSource:
     path = os.fspath(path)
     if path.lower().endswith(DM_SUFFIXES):
         return _open_dm(path)
+    if not is_url(path) and (path.rstrip("/").lower().endswith(".zarr") or os.path.isdir(path)):
+        from .zarr_source import open_zarr_image
+
+        return open_zarr_image(path)
     return _open_mrc(path)
 
 
