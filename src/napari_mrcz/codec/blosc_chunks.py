@@ -204,11 +204,13 @@ class Compressor:
         ``'blosc1'`` (version-2 chunks, readable everywhere) or ``'blosc2'``.
     n_threads
         How many sections are compressed at once.
+    shuffle
+        blosc's filter: ``'bitshuffle'`` (MRCZ's), ``'shuffle'`` or ``'noshuffle'`` (blosc1 only).
 
     """
 
     def __init__(self, cname: str, clevel: int, typesize: int, section_nbytes: int,
-                 backend: str, n_threads: int) -> None:
+                 backend: str, n_threads: int, shuffle: str = "bitshuffle") -> None:
         if not 0 <= int(clevel) <= 9:
             raise ValueError(f"clevel must be between 0 and 9, got {clevel}")
         if section_nbytes > MAX_CHUNK_NBYTES:
@@ -217,6 +219,8 @@ class Compressor:
                 f"{MAX_CHUNK_NBYTES} bytes")
         self.cname, self.clevel, self.typesize = cname, int(clevel), typesize
         self.backend, self.n_threads = backend, n_threads
+        self.shuffle = {"bitshuffle": blosc.BITSHUFFLE, "shuffle": blosc.SHUFFLE,
+                        "noshuffle": blosc.NOSHUFFLE}[shuffle]
         # zstd and zlib gain speed and ratio from long blocks, the LZ77 codecs
         # peak near 128 KiB (benchmarks/bench_codec.py; python-mrcz uses 64
         # KiB). Readers need no setting.
@@ -255,7 +259,7 @@ class Compressor:
                         f"blosc2-{self.cname} package" if self.cname in BLOSC2_PLUGIN_CODECS else "")
                 raise RuntimeError(f"blosc2 could not compress with {self.cname!r}: {exc}{hint}") from exc
         return blosc.compress_ptr(section.ctypes.data, section.size, self.typesize,
-                                  clevel=self.clevel, shuffle=blosc.BITSHUFFLE, cname=self.cname)
+                                  clevel=self.clevel, shuffle=self.shuffle, cname=self.cname)
 
 
 def warm() -> None:

@@ -442,15 +442,21 @@ class _LevelPlanes:
         self.pending: Any = None
         self.count = 0
 
-    def add(self, i: int, frame: np.ndarray, last: bool) -> None:
-        """Section ``i`` of the slab (0 = its first), ``last`` if no more follow."""
+    def add(self, i: int, finer: Any, last: bool) -> Any:
+        """Section ``i`` of the slab (0 = its first; ``last`` if no more follow) into this level.
+
+        ``finer`` is the section (for level 1) or what :meth:`add` of the
+        level above returned for it: its block sums (or maxima) binned 2x,
+        from which this level's are binned 2x again, exactly. Returns this
+        level's, for the next.
+        """
         if self.layout.labels:
-            part = _max_blocks(frame, self.f)
-            self.pending = part if self.pending is None else np.maximum(self.pending, part)
+            part = _max_blocks(finer, 2)
+            self.pending = part.copy() if self.pending is None else np.maximum(self.pending, part)
         else:
-            part = frame_sums(frame, self.f)
+            part = frame_sums(finer, 2) if isinstance(finer, np.ndarray) else finer.coarser()
             if self.pending is None:
-                self.pending = part
+                self.pending = BlockSums(part.sums.copy(), part.rows, part.cols, part.planes)
             else:
                 self.pending.add(part)
         self.count += 1
@@ -458,6 +464,7 @@ class _LevelPlanes:
             plane = self.pending if self.layout.labels else _mean_plane(self.pending, self.dtype)
             self.planes[i // self.fz] = plane
             self.pending, self.count = None, 0
+        return part
 
 
 def write_slab(prepared: Prepared, index: int, read_section: Any = None, n_threads: int | None = None,
@@ -483,7 +490,6 @@ def write_slab(prepared: Prepared, index: int, read_section: Any = None, n_threa
     ZarrOutputError
         A shard that does not read back as written.
     """
-    zarr = _require_zarr()
     layout = prepared.the_layout()
     first, end = layout.slabs()[index]
     opened = None
@@ -505,17 +511,15 @@ def write_slab(prepared: Prepared, index: int, read_section: Any = None, n_threa
             if section.ndim == 1:
                 section = section[None]
             level0[i] = section  # cast to the stored type, exactly (checked in source order by the caller)
+            finer: Any = level0[i]
             for level in coarse:
-                level.add(i, level0[i], last=i == n - 1)
+                finer = level.add(i, finer, last=i == n - 1)
             if prepared.keepbits is not None:
                 _round(level0[i], prepared, out)
-        config = {"threading.max_workers": n_threads} if n_threads else {}
-        with zarr.config.set(config):
-            root = zarr.open_group(prepared.temporary, mode="r+")
-            planes = [level0, *(level.planes for level in coarse)]
-            for k, data in enumerate(planes):
-                z0 = first // layout.z_factor(k)
-                _write_level(root[str(k)], layout, k, z0, data, verify, prepared.target)
+        planes = [level0, *(level.planes for level in coarse)]
+        for k, data in enumerate(planes):
+            _write_level(Path(prepared.temporary) / str(k), layout, k, first // layout.z_factor(k), data,
+                         verify, n_threads)
     finally:
         if opened is not None:
             opened.handle.close()
@@ -541,26 +545,23 @@ def _round(section: np.ndarray, prepared: Prepared, out: SlabResult) -> None:
             out.largest_error = max(out.largest_error, float(finite.max()))
 
 
-def _write_level(array: Any, layout: Layout, k: int, z0: int, data: np.ndarray, verify: bool,
-                 target: str) -> None:
-    """Write ``data`` (planes ``z0``... of level ``k``) shard by shard, each read back and compared."""
-    from .convert import same_bytes
+def _write_level(folder: Path, layout: Layout, k: int, z0: int, data: np.ndarray, verify: bool,
+                 n_threads: int | None) -> None:
+    """Write ``data`` (planes ``z0``... of level ``k``): whole shards (0.4: chunks), each verified."""
+    from .zarr_chunks import ArrayGrid, ChunkMismatchError, ChunkWriter
 
-    step = (layout.shards or layout.chunks)[k]
-    _, ny, nx = layout.shapes[k]
-    squeeze = layout.ndim == 2
-    for y in range(0, ny, step[1]):
-        for x in range(0, nx, step[2]):
-            part = data[:, y:y + step[1], x:x + step[2]]
-            where = (slice(y, y + step[1]), slice(x, x + step[2]))
-            key = where if squeeze else (slice(z0, z0 + len(data)), *where)
-            array[key] = part[0] if squeeze else part
-            if verify:
-                back = np.ascontiguousarray(array[key]).reshape(-1).view(np.uint8)
-                if not same_bytes(back, np.ascontiguousarray(part).reshape(-1).view(np.uint8)):
-                    raise ZarrOutputError(f"{target}: level {k} planes {z0}-{z0 + len(data) - 1}, "
-                                          f"rows {y}-{y + part.shape[1] - 1}, columns {x}-"
-                                          f"{x + part.shape[2] - 1} do not read back as written")
+    cut = 3 - layout.ndim
+    grid = ArrayGrid(layout.array_shape(k), layout.chunks[k][cut:],
+                     layout.shards[k][cut:] if layout.shards else None)
+    writer = ChunkWriter(folder, grid, np.dtype(layout.dtype), layout.compressor, layout.clevel,
+                         layout.shuffle, n_threads, verify)
+    try:
+        if layout.ndim == 2:
+            writer.write(data[0], (0, 0))
+        else:
+            writer.write(data, (z0, 0, 0))
+    except ChunkMismatchError as exc:
+        raise ZarrOutputError(f"level {k}, planes {z0}-{z0 + len(data) - 1}: {exc}") from exc
 
 
 def finish(prepared: Prepared, results: list[SlabResult]) -> int:
