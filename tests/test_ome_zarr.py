@@ -308,3 +308,34 @@ def test_complex_and_rgb_are_refused_naming_the_file(tmp_path):
     out = convert(data_path("dm", "rsciio_2D_test-8.dm4"), tmp_path / "rgb.zarr", ome_zarr=True)
     assert out.status == "unsupported" and "RGB" in out.reason
     assert not list(tmp_path.glob("*.zarr")) and not list(tmp_path.glob(".*"))
+
+
+def test_a_broken_zarr_source_fails_naming_the_folder_and_the_problem(tmp_path):
+    tomogram = np.arange(40 * 30 * 20, dtype=np.float32).reshape(40, 30, 20)
+    codec.writeMRC(tomogram, tmp_path / "t.mrc", pixelsize=[2.0, 2.0, 2.0])
+    assert convert(tmp_path / "t.mrc", tmp_path / "t.zarr", ome_zarr=True).status == "done"
+    # no level 0 array
+    missing = tmp_path / "missing.zarr"
+    missing.mkdir()
+    meta = json.loads((tmp_path / "t.zarr" / "zarr.json").read_text())
+    (missing / "zarr.json").write_text(json.dumps(meta))
+    # a level 0 that claims a frame no file holds
+    huge = tmp_path / "huge.zarr"
+    zarr.open_group(huge, mode="w").create_array("0", shape=(2, 10**6, 10**6), dtype="f4",
+                                                 chunks=(1, 256, 256))
+    zarr.open_group(huge, mode="a").attrs.update(meta["attributes"])
+    # a shard cut short
+    cut = tmp_path / "cut.zarr"
+    import shutil
+
+    shutil.copytree(tmp_path / "t.zarr", cut)
+    shard = next((cut / "0" / "c").rglob("*"))
+    while shard.is_dir():
+        shard = next(shard.iterdir())
+    shard.write_bytes(shard.read_bytes()[:100])
+    for folder, problem in ((missing, "no array '0'"), (huge, "GiB")):
+        info = cli("info", str(folder))
+        assert info.returncode == 1 and str(folder) in info.stderr and problem in info.stderr, info.stderr
+    out = convert(cut, tmp_path / "cut.mrcz")
+    assert out.status == "failed" and f"{cut}: section 0 cannot be read" in out.reason, out.reason
+    assert not (tmp_path / "cut.mrcz").exists()

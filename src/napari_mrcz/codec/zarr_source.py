@@ -23,6 +23,10 @@ _ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1.0e4, "picometer
              "millimeter": 1.0e7, "meter": 1.0e10}
 
 
+#: The largest frame (bytes) read at once: a shape no real image has is refused, not allocated.
+MAX_FRAME_BYTES = 16 << 30
+
+
 class ZarrSourceError(ValueError):
     """A folder that is not an OME-Zarr image napari-mrcz can read; the message names it."""
 
@@ -37,12 +41,21 @@ def is_zarr(path: str | os.PathLike) -> bool:
 class _Handle:
     """What ImageSource.handle is for a zarr: something to close."""
 
-    def __init__(self, array: Any) -> None:
-        self.array = array
+    def __init__(self, array: Any, path: str) -> None:
+        self.array, self.path = array, path
 
     def read_section(self, i: int) -> np.ndarray:
-        """Section ``i`` of level 0, read from the store (not kept)."""
-        return np.asarray(self.array[i])
+        """Section ``i`` of level 0, read from the store (not kept).
+
+        Raises
+        ------
+        ZarrSourceError
+            A chunk that cannot be read or decoded (the message names the folder and the section).
+        """
+        try:
+            return np.asarray(self.array[i])
+        except (ValueError, OSError, RuntimeError, TypeError, KeyError) as exc:
+            raise ZarrSourceError(f"{self.path}: section {i} cannot be read: {exc}") from exc
 
     def close(self) -> None:
         self.array = None
@@ -77,10 +90,16 @@ def open_zarr_image(path: str | os.PathLike) -> ImageSource:
         first = entry["datasets"][0]
         array = root[first["path"]]
         axes = entry.get("axes") or []
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+    except KeyError as exc:
+        raise ZarrSourceError(f"{path}: not an OME-Zarr image napari-mrcz reads (no array {exc})") from exc
+    except (ValueError, TypeError, OSError, AttributeError, IndexError) as exc:
         raise ZarrSourceError(f"{path}: not an OME-Zarr image napari-mrcz reads ({exc})") from exc
     if array.ndim not in (2, 3):
         raise ZarrSourceError(f"{path}: level 0 is {array.ndim}D; napari-mrcz reads 2D and 3D images")
+    frame_bytes = int(np.prod(array.shape[-2:], dtype=np.float64)) * array.dtype.itemsize
+    if frame_bytes > MAX_FRAME_BYTES:
+        raise ZarrSourceError(f"{path}: a frame of {array.shape[-2]} x {array.shape[-1]} {array.dtype} "
+                              f"({frame_bytes / 2**30:.0f} GiB) is more than napari-mrcz reads at once")
     record = attrs.get(ATTRS_KEY) if isinstance(attrs.get(ATTRS_KEY), dict) else {}
     scale = [1.0] * array.ndim
     for t in first.get("coordinateTransformations") or []:
@@ -115,7 +134,7 @@ def open_zarr_image(path: str | os.PathLike) -> ImageSource:
     if record.get("uint4"):
         meta.setdefault("napari_mrcz_uint4", True)
     common = dict(path=path, dtype=np.dtype(array.dtype), mrcz=mrcz, scale=scale, units=units,
-                  axis_labels=labels, handle=_Handle(array))
+                  axis_labels=labels, handle=_Handle(array, path))
     if array.ndim == 2:
         return ImageSource(shape=shape, cache=None, data=np.asarray(array[...]), **common)
     handle = common["handle"]
