@@ -53,7 +53,7 @@ from .export import (
 )
 from .header import HEADER_BYTES, MODE_UINT4
 from .narrowing import auto_dtype, plain_mrc_dtype
-from .precision import PRECISION_KEY, check_keepbits, mantissa_bits
+from .precision import MANTISSA_BITS, PRECISION_KEY, check_keepbits, mantissa_bits
 from .remote import is_url
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource, open_image
 from .stack import MRCStack
@@ -423,6 +423,12 @@ def zarr_attrs(opened: ImageSource, layout: Any, *, labels: bool = False, name: 
     size = pixel_size(opened)
     origin = _origin(opened, size)
     entry = multiscales(layout, tuple(size), origin, name or os.path.basename(opened.path.rstrip("/")))
+    spatial = [a for a in entry["axes"] if a.get("type") == "space"]
+    for axis, unit in zip(reversed(spatial), reversed(list(opened.units)), strict=False):
+        if unit != "Å":  # pixels (an uncalibrated DM image), or not a length (a DM energy axis in eV)
+            axis.pop("unit", None)
+            if unit:
+                axis["type"] = "other"
     meta = {**dict(extra or {}), **dict(mrcz.get("meta") or {})}
     on_disk = not is_url(opened.path) and os.path.exists(opened.path)  # not a layer made in napari
     if on_disk:
@@ -458,40 +464,77 @@ def zarr_attrs(opened: ImageSource, layout: Any, *, labels: bool = False, name: 
     return attrs
 
 
+def zarr_keepbits(keepbits: int | str | None, dtype: np.dtype, labels: bool, where: str) -> int | str | None:
+    """The rounding an OME-Zarr's level 0 gets: none for integers and labels, else ``keepbits`` checked.
+
+    Raises
+    ------
+    UnsupportedImageError
+        A rounding asked of a float type it cannot round (float64: Zarr keeps
+        it as it is), or a ``keepbits`` that is neither ``'auto'`` nor a number.
+    """
+    if keepbits is None or labels or dtype.kind != "f":
+        return None  # integers are exact already; labels are never rounded
+    bits = MANTISSA_BITS.get(dtype.name)
+    if bits is None:
+        raise UnsupportedImageError(f"{where}: the precision asked ({keepbits!r} mantissa bits) rounds "
+                                    f"float32 and float16; this image is {dtype.name}: convert it to "
+                                    "float32, or write it lossless")
+    if isinstance(keepbits, (int, np.integer)) and not isinstance(keepbits, bool):
+        return min(max(int(keepbits), 0), bits)
+    if keepbits != "auto":
+        raise UnsupportedImageError(f"{where}: keepbits must be 'auto' or a whole number, not {keepbits!r}")
+    return keepbits
+
+
 def prepare_zarr(opened: ImageSource, target: str | os.PathLike, *, compressor: str | None = None,
                  clevel: int | None = None, keepbits: int | str | None = None, max_error: float = 0.01,
-                 ngff: str = "0.5", levels: int | None = None, labels: bool | None = None) -> Any:
+                 ngff: str = "0.5", levels: int | None = None, labels: bool | None = None,
+                 dtype: Any = None, name: str | None = None, extra: dict | None = None) -> Any:
     """Plan and create the OME-Zarr output of ``opened``: returns its :class:`~.ome_zarr.Prepared`.
 
     The slabs are then written by :func:`~.ome_zarr.write_slab` (here, or
     by workers that open the source themselves) and the output named by
     :func:`~.ome_zarr.finish`.
 
+    Parameters
+    ----------
+    opened
+        The source (a file, or a layer's data described as one: ``path`` ``''``).
+    target
+        The output folder.
+    compressor, clevel, keepbits, max_error, ngff, levels
+        As for :func:`convert`.
+    labels
+        A segmentation (default: what the file says, :func:`~.export.is_labels`).
+    dtype
+        The type to store (default: the source's; 4-bit samples as uint8).
+    name, extra
+        As for :func:`zarr_attrs`.
+
     Raises
     ------
     UnsupportedImageError
-        RGB, complex, 1D or more than 3 dimensions.
+        RGB, complex, 1D or more than 3 dimensions, a rounding of float64.
     """
     from . import ome_zarr as omz
 
+    where = opened.path or os.fspath(target)
     if opened.rgb:
-        raise UnsupportedImageError(f"{opened.path}: RGB images are not written to OME-Zarr by napari-mrcz")
+        raise UnsupportedImageError(f"{where}: RGB images are not written to OME-Zarr by napari-mrcz")
     if len(opened.shape) not in (2, 3):
-        raise UnsupportedImageError(f"{opened.path}: OME-Zarr output takes 2D and 3D images, "
+        raise UnsupportedImageError(f"{where}: OME-Zarr output takes 2D and 3D images, "
                                     f"not {len(opened.shape)}D")
     if labels is None:
         labels = is_labels(opened.mrcz)
-    dtype = omz.output_dtype(np.uint8 if is_uint4(opened) else opened.dtype, opened.path)
-    if keepbits is not None and dtype.kind != "f" or labels:
-        keepbits = None  # integers are exact already; labels are never rounded
-    elif isinstance(keepbits, int):
-        keepbits = min(keepbits, mantissa_bits(dtype))
-    check_keepbits(keepbits, dtype)
+    dtype = omz.output_dtype(dtype if dtype is not None else np.uint8 if is_uint4(opened) else opened.dtype,
+                             where)
+    keepbits = zarr_keepbits(keepbits, dtype, labels, where)
     volume = len(opened.shape) == 3 and not opened.mrcz.get("stack")
     layout = omz.plan_layout(opened.shape, dtype, volume=volume, labels=labels, ngff=ngff, levels=levels,
                              compressor=compressor, clevel=clevel)
-    attrs = zarr_attrs(opened, layout, labels=labels)
-    prepared = omz.prepare(opened.path, target, layout, attrs, keepbits=keepbits, max_error=max_error)
+    attrs = zarr_attrs(opened, layout, labels=labels, name=name, extra=extra)
+    prepared = omz.prepare(where, target, layout, attrs, keepbits=keepbits, max_error=max_error)
     prepared.frames = opened.shape[0] if len(opened.shape) == 3 else 1
     return prepared
 

@@ -276,9 +276,13 @@ def transforms(layout: Layout, pixel_size: tuple[float, float, float],
 
     Level ``k``'s voxel (or pixel) is the mean of a block of ``2**k`` level-0
     voxels: its centre lies ``(2**k - 1) / 2`` level-0 voxels past the
-    block's first, which the translation says.
+    block's first, which the translation says. A stack's frames are 1 apart
+    (their spacing stays in the attributes).
     """
     out = []
+    if layout.ndim == 3 and not layout.volume:  # a stack's frames: one apart, from 0 (not a length)
+        pixel_size = (1.0, *pixel_size[1:])
+        origin = None if origin is None else (0.0, *origin[1:])
     for k in range(layout.levels):
         f = [layout.z_factor(k), 2 ** k, 2 ** k]
         scale = [float(p) * fk for p, fk in zip(pixel_size, f, strict=True)]
