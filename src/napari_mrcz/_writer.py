@@ -385,7 +385,7 @@ def ome_zarr_settings(mrcz: dict) -> dict[str, Any]:
     source's own compressor), and would say nothing of what the user wants
     for Zarr chunks. So by default an OME-Zarr is written as
     ``napari-mrcz compress --format ome-zarr`` writes it: NGFF 0.5 with zstd
-    level 3 (blosc's byte shuffle), or for ``ngff='0.4'`` the CryoET Data
+    level 3 (blosc's bit shuffle), or for ``ngff='0.4'`` the CryoET Data
     Portal's lz4 level 5; levels down to 2048 pixels on the largest side (3
     for 0.4). The precision (``keepbits``, ``max_error``) is the layer's, as
     for MRCZ (:func:`save_precision`).

@@ -26,8 +26,9 @@ whole shards (whole chunks in 0.4) of every level: so a volume's coarser
 levels have chunks ``2**k`` times thinner in z (level 1 of a 0.5 volume:
 64 x 128 x 128). No task depends on another, a task killed with its worker is
 simply run again, and a huge tomogram spreads over a cluster slab by slab.
-Every shard is read back through zarr and compared with what was written
-before the task ends (:func:`write_slab`).
+Every chunk is decoded again while in memory and compared with what it was
+made from, and every file's bytes on disk are checked against a CRC-32 of
+what was written, before the task ends (:mod:`.zarr_chunks`).
 
 An output is written under a hidden temporary folder beside its target
 (:func:`prepare`); :func:`finish` then writes the group's metadata, syncs
@@ -489,14 +490,14 @@ def write_slab(prepared: Prepared, index: int, read_section: Any = None, n_threa
         ``read_section(i) -> ndarray``; default: section ``i`` of
         ``prepared.source`` (opened here: a task on another worker).
     n_threads
-        Threads zarr and blosc may use.
+        Chunks compressed at once.
     verify
-        Read every shard back and compare it with what was written.
+        Decode every chunk again in memory and check every file's bytes on disk.
 
     Raises
     ------
     ZarrOutputError
-        A shard that does not read back as written.
+        A chunk that does not decode to its data, or a file whose bytes on disk differ.
     """
     layout = prepared.the_layout()
     first, end = layout.slabs()[index]

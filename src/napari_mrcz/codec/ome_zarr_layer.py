@@ -9,7 +9,7 @@ attributes :func:`~.convert.zarr_attrs` writes for a file (NGFF
 ``multiscales``, and under :data:`~.ome_zarr.ATTRS_KEY` the MRC header,
 voltage, C3, gain, the JSON metadata ...) and written by
 :func:`~.ome_zarr.write_all`: a hidden temporary folder beside the target,
-every shard read back and compared, then renamed to its name. Sections are
+every chunk decoded again and every file checked on disk, then renamed to its name. Sections are
 read one at a time (``data[i]``; a :class:`~.lazy.LazyStack`'s frames
 through its cache without being kept there), so a lazy layer is never read
 whole: what is in memory at once is one slab of the layout (at most about
@@ -152,7 +152,7 @@ def save_ome_zarr(data: Any, path: str | os.PathLike, mrcz: dict | None, *, scal
     n_threads
         Threads zarr and blosc may use.
     verify
-        Read every shard back and compare it with what was written.
+        Decode every chunk again and check every file's bytes on disk.
 
     Returns
     -------
