@@ -30,6 +30,7 @@ bench:
 	.venv/bin/python benchmarks/bench_dm.py
 	.venv/bin/python benchmarks/bench_portable.py
 	.venv/bin/python benchmarks/bench_batch.py
+	.venv/bin/python benchmarks/bench_ome_zarr.py
 	.venv/bin/python benchmarks/bench_zarr_codecs.py
 	$(XVFB) .venv/bin/python benchmarks/bench_napari.py
 

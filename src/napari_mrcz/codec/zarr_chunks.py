@@ -20,6 +20,7 @@ array), then the CRC-32C of the index (the ``sharding_indexed`` codec with
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ import numpy as np
 
 from . import blosc_chunks
 
+#: Bytes of a written file read back at a time, to check it.
+READ_BACK_BLOCK = 8 << 20
 #: Offset and size of a chunk a shard does not hold (the whole chunk lies outside the array).
 EMPTY = 0xFFFFFFFFFFFFFFFF
 
@@ -62,15 +65,6 @@ def _places(origin: tuple[int, ...], grid: ArrayGrid, first: tuple[int, ...],
                     zip(start, origin, grid.chunk, grid.shape, strict=True))
 
 
-def padded(part: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``part`` as a C-contiguous chunk of ``shape``, padded with zeros (the fill value) at its end."""
-    if part.shape == shape:
-        return np.ascontiguousarray(part)
-    block = np.zeros(shape, part.dtype)
-    block[tuple(slice(0, s) for s in part.shape)] = part
-    return block
-
-
 class ChunkWriter:
     """Compresses, verifies and writes the chunks of one array.
 
@@ -97,12 +91,15 @@ class ChunkWriter:
         nbytes = int(np.prod(grid.chunk)) * self.dtype.itemsize
         self.compressor = blosc_chunks.Compressor(cname, clevel, self.dtype.itemsize, nbytes, "blosc1",
                                                   self.n_threads, shuffle=shuffle)
+        self._local = threading.local()
+        self._readback = bytearray(READ_BACK_BLOCK)  # the disk thread's (one at a time)
 
     def write(self, data: np.ndarray, origin: tuple[int, ...]) -> int:
         """Write every shard (v2: chunk) that ``data``, the array from ``origin``, covers; returns bytes.
 
         ``data`` must cover whole shards (or whole chunks), clipped at the
-        array's end.
+        array's end. Each file is written (and synced, and checked) by a
+        thread of its own while the next one's chunks are compressed.
 
         Raises
         ------
@@ -115,14 +112,22 @@ class ChunkWriter:
         ends = [min(o + s, n) for o, s, n in zip(origin, data.shape, self.grid.shape, strict=True)]
         starts = [range(o, e, u) for o, e, u in zip(origin, ends, unit, strict=True)]
         written = 0
-        with self.compressor.session(), ThreadPoolExecutor(self.n_threads) as pool:
+        pending = None
+        with self.compressor.session(), ThreadPoolExecutor(self.n_threads) as pool, \
+                ThreadPoolExecutor(1) as disk:
             for corner in np.ndindex(*(len(r) for r in starts)):
                 place = tuple(r[i] for r, i in zip(starts, corner, strict=True))
-                written += self._write_unit(pool, data, origin, place)
+                path, parts = self._unit(pool, data, origin, place)
+                if pending is not None:  # one file on its way to disk while the next is compressed
+                    written += pending.result()
+                pending = disk.submit(self._write_file, path, parts)
+            if pending is not None:
+                written += pending.result()
         return written
 
-    def _write_unit(self, pool: ThreadPoolExecutor, data: np.ndarray, origin: tuple[int, ...],
-                    place: tuple[int, ...]) -> int:
+    def _unit(self, pool: ThreadPoolExecutor, data: np.ndarray, origin: tuple[int, ...],
+              place: tuple[int, ...]) -> tuple[Path, list[bytes]]:
+        """The file of the shard (v2: chunk) at ``place``, and its bytes in parts."""
         grid = self.grid
         unit = grid.shard or grid.chunk
         first = tuple(p // c for p, c in zip(place, grid.chunk, strict=True))
@@ -131,27 +136,35 @@ class ChunkWriter:
         key = [str(p // u) for p, u in zip(place, unit, strict=True)]
         path = self.folder.joinpath(*(["c", *key] if grid.shard else key))
         if grid.shard is None:
-            parts = [encoded[0] or b""]
-        else:
-            index = np.full((len(encoded), 2), EMPTY, dtype="<u8")
-            offset = 0
-            for n, chunk in enumerate(encoded):
-                if chunk is not None:
-                    index[n] = (offset, len(chunk))
-                    offset += len(chunk)
-            raw = index.tobytes()
-            parts = [c for c in encoded if c is not None]
-            parts += [raw, _crc32c(raw).to_bytes(4, "little")]
-        return self._write_file(path, parts)
+            return path, [encoded[0] or b""]
+        index = np.full((len(encoded), 2), EMPTY, dtype="<u8")
+        offset = 0
+        for n, chunk in enumerate(encoded):
+            if chunk is not None:
+                index[n] = (offset, len(chunk))
+                offset += len(chunk)
+        raw = index.tobytes()
+        return path, [*(c for c in encoded if c is not None), raw, _crc32c(raw).to_bytes(4, "little")]
+
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The calling thread's chunk and decode buffers (reused: no fresh pages for every chunk)."""
+        mine = getattr(self._local, "buffers", None)
+        if mine is None:
+            block = np.empty(self.grid.chunk, self.dtype)
+            mine = self._local.buffers = (block, np.empty(block.nbytes, np.uint8))
+        return mine
 
     def _encode(self, data: np.ndarray, where: tuple[slice, ...] | None) -> bytes | None:
         """One chunk compressed (in a pool thread: the copy out of ``data`` too), verified."""
         if where is None:
             return None
-        block = padded(data[where], self.grid.chunk)
+        block, decoded = self._buffers()
+        part = data[where]
+        if part.shape != block.shape:
+            block.fill(0)  # the fill value, past the array's end
+        block[tuple(slice(0, n) for n in part.shape)] = part
         chunk = self.compressor(block)
         if self.verify:
-            decoded = np.empty(block.nbytes, np.uint8)
             blosc_chunks.decompress_into(chunk, decoded, chunk[0], 1)
             from .convert import same_bytes
 
@@ -172,9 +185,12 @@ class ChunkWriter:
                 crc, size = zlib.crc32(part, crc), size + len(part)
             os.fsync(f.fileno())
         if self.verify:
+            buffer = self._readback
+            back, total = 0, 0
             with open(path, "rb", buffering=0) as f:
-                back = f.read()
-            if len(back) != size or zlib.crc32(back) != crc:
+                while n := f.readinto(buffer):
+                    back, total = zlib.crc32(memoryview(buffer)[:n], back), total + n
+            if total != size or back != crc:
                 raise ChunkMismatchError(f"{path}: the bytes on disk are not the bytes written")
         return size
 
