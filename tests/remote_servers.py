@@ -4,8 +4,8 @@
   copies of the shared files and :data:`BIG`;
 - ``s3_url``: moto's S3 server (``moto_server``) holding the same files in :data:`BUCKET`, reached
   through ``AWS_ENDPOINT_URL`` with dummy credentials (set for the session);
-- ``proxy``: a fault-injecting proxy in front of the HTTP server (latency, 503s, dropped connections),
-  which also counts the bytes and requests it sends.
+- ``proxy``: a fault-injecting proxy in front of the HTTP server (latency, 503s, dropped connections,
+  no version tags), which also counts the bytes and requests it sends.
 
 A test that needs them and a package they need (fsspec, aiohttp, s3fs, RangeHTTPServer) is not
 installed is skipped.
@@ -152,6 +152,8 @@ class Faults:
         self.unavailable: collections.Counter[str] = collections.Counter()  # 503s still to answer
         self.dropped: collections.Counter[str] = collections.Counter()  # connections still to drop
         self.always: set[str] = set()  # always 503
+        self.fail_after: dict[str, int] = {}  # 503 for every request after the first N (a server gone)
+        self.untagged: set[str] = set()  # answered without ETag and Last-Modified
         self.no_range: set[str] = set()  # answered whole, as by a server without Range requests
         self.latency = 0.0
         self.sent: collections.Counter[str] = collections.Counter()  # body bytes
@@ -160,7 +162,7 @@ class Faults:
     def action(self, path: str) -> str:
         with self.lock:
             self.requests[path] += 1
-            if path in self.always:
+            if path in self.always or self.requests[path] > self.fail_after.get(path, self.requests[path]):
                 return "503"
             for kind, left in (("drop", self.dropped), ("503", self.unavailable)):
                 if left[path] > 0:
@@ -205,6 +207,8 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
                 upstream.close()
         self.send_response(answer.status)
         for name in self.KEPT:
+            if name in ("ETag", "Last-Modified") and path in faults.untagged:
+                continue
             if answer.getheader(name):
                 self.send_header(name, answer.getheader(name))
         self.send_header("Content-Length", answer.getheader("Content-Length") or str(len(data)))

@@ -124,7 +124,7 @@ def readMRC(MRCfilename: str | os.PathLike, idx: int | tuple[int, int] | None = 
     """
     angstrom_per_unit(pixelunits)
     with MRCStack(MRCfilename, fileConvention=fileConvention, slices=slices,
-                  n_threads=n_threads) as stack:
+                  n_threads=n_threads, background_index=False) as stack:  # read once: no walk behind it
         start, stop = _frame_range(idx, stack.shape[0], stack.path)
         image = stack.memmap(start, stop) if useMemmap else stack.read(start, stop)
         meta = stack.meta(pixelunits)
@@ -156,7 +156,8 @@ def readMRCHeader(MRCfilename: str | os.PathLike, slices: int | None = None, end
 
     """
     angstrom_per_unit(pixelunits)
-    with MRCStack(MRCfilename, fileConvention=fileConvention, slices=slices) as stack:
+    with MRCStack(MRCfilename, fileConvention=fileConvention, slices=slices,
+                  background_index=False) as stack:
         return stack.meta(pixelunits), stack.header.slices
 
 

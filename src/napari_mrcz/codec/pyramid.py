@@ -348,7 +348,8 @@ class PyramidCache:
         def used(folder: Path) -> float:
             manifest = folder / _MANIFEST
             return (manifest if manifest.exists() else folder).stat().st_mtime
-        return sorted((p for p in self.root.iterdir() if p.is_dir()), key=used)
+        # NAPARI_MRCZ_CACHE_DIR holds the saved chunk indexes of URLs too (chunk_index.FOLDER_NAME).
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and p.name != "chunk-index"), key=used)
 
     def nbytes(self) -> int:
         """Bytes the cache takes on disk."""

@@ -20,6 +20,8 @@ headers, 16 bytes at the start of each chunk, walked one after the other;
 DM tags) cost a round trip each whatever the block size, and a block much
 larger than 64 KiB would add transfer time to each without saving any; the
 large reads (frames, chunks) are merged into ranges of up to 4 MiB anyway.
+Chunk headers further apart than a block are fetched alone (16 bytes,
+:meth:`RemoteFile.peek`), by a walk in the background (:mod:`.chunk_index`).
 
 **Change detection.** Every answer states the object's size (Content-Range)
 and, where the server gives them, its ETag and Last-Modified: a size or
@@ -355,6 +357,31 @@ class _HTTPFetcher(_Fetcher):
             return await r.read()
 
 
+def s3_filesystem(url: str) -> Any:
+    """The process's s3fs filesystem for the AWS settings in force (shared: one connection pool).
+
+    Credentials from the standard AWS environment, config files and
+    profiles; ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for other stores;
+    anonymous when there are none. botocore retries nothing: our tries are
+    the only ones, so the time a failing store takes stays bounded.
+    """
+    s3fs = _require(url, "s3fs", "s3:// URLs")
+    env = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE",
+                                            "AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION", "AWS_REGION"))
+
+    def make() -> Any:
+        anonymous = _s3_anonymous(url)
+        options: dict[str, Any] = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and not os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+            options["endpoint_url"] = endpoint  # botocore >= 1.31 reads it too; older ones do not
+        config = {"retries": {"total_max_attempts": 1}, "connect_timeout": CONNECT_TIMEOUT,
+                  "read_timeout": READ_TIMEOUT}
+        return s3fs.S3FileSystem(anon=anonymous, skip_instance_cache=True, config_kwargs=config, **options)
+
+    return _shared(("s3", env), make)
+
+
 class _S3Fetcher(_Fetcher):
     """``s3://``: GetObject with a Range (and If-Match), on s3fs's client."""
 
@@ -362,26 +389,10 @@ class _S3Fetcher(_Fetcher):
         import asyncio
 
         self.url, self.tags = url, {}
-        s3fs = _require(url, "s3fs", "s3:// URLs")
         aiohttp = _require(url, "aiohttp", "s3:// URLs")
         botocore = _require(url, "botocore.exceptions", "s3:// URLs")
         self._client_error = botocore.ClientError
-        env = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE",
-                                                "AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION", "AWS_REGION"))
-
-        def make() -> Any:
-            anonymous = _s3_anonymous(url)
-            options: dict[str, Any] = {}
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            if endpoint and not os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
-                options["endpoint_url"] = endpoint  # botocore >= 1.31 reads it too; older ones do not
-            # Our tries, not botocore's on top of them: the time a failing store takes stays bounded.
-            config = {"retries": {"total_max_attempts": 1}, "connect_timeout": CONNECT_TIMEOUT,
-                      "read_timeout": READ_TIMEOUT}
-            return s3fs.S3FileSystem(anon=anonymous, skip_instance_cache=True, config_kwargs=config,
-                                     **options)
-
-        self.fs = _shared(("s3", env), make)
+        self.fs = s3_filesystem(url)
         self.anonymous = bool(self.fs.anon)
         self.loop = self.fs.loop
         self.bucket, self.key, self.version = self.fs.split_path(url)
@@ -718,6 +729,41 @@ class RemoteFile:
                         keep[b] = data[at - start:at - start + BLOCK]
             self._store(keep)
         return n
+
+    def peek(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes from ``offset``: from the block cache if there, else in a request of their own.
+
+        For small reads far apart (the chunk headers of an MRCZ file whose
+        chunks are larger than a block): 16 bytes fetched instead of a
+        :data:`BLOCK`. Nothing is kept in the cache, and the read-ahead of
+        :meth:`readinto` neither grows nor resets.
+
+        Parameters
+        ----------
+        offset
+            Where to read.
+        n
+            How many bytes (fewer come back only at the end of the file).
+
+        Returns
+        -------
+        bytes
+            The bytes.
+        """
+        n = max(0, min(n, self.size - offset))
+        if n == 0 or offset < 0:
+            return b""
+        end = offset + n
+        if self._whole is not None:
+            return self._whole[offset:end]
+        with self._lock:
+            have = [(b, self._blocks.get(b)) for b in range(offset // BLOCK, (end - 1) // BLOCK + 1)]
+        if all(data is not None for _, data in have):
+            buf = bytearray(n)
+            for b, data in have:
+                _copy(memoryview(buf), offset, end, b * BLOCK, data)
+            return bytes(buf)
+        return self._fetch([(offset, end)])[0]
 
     @contextlib.contextmanager
     def view(self, offset: int, n: int) -> Iterator[memoryview]:

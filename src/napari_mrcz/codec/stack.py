@@ -4,7 +4,9 @@
 z-sections: by positioned reads straight into the caller's array for plain
 MRC, and by decompressing only the chunks asked for in MRCZ. The chunk index
 is built lazily, 16 bytes per chunk, so frames a..b of a 40 GB MRCZ cost a
-walk over chunk headers and those frames' chunks only. Positioned reads
+walk over chunk headers and those frames' chunks only (:mod:`.chunk_index`;
+for a URL, walked in the background after open and kept for the next open).
+Positioned reads
 (:mod:`.positioned`) keep one open stack safe to use from several threads.
 
 ``.gz`` and ``.bz2`` files are decompressed into memory when opened. A URL
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import blosc_chunks, journal
+from .chunk_index import ChunkIndex
 from .errors import MRCFileError, TruncatedFileError
 from .extended import ExtendedHeader, read_extended
 from .header import HEADER_BYTES, MODE_UINT4, MRCHeader, MRCHeaderWarning, parse_header
@@ -112,6 +115,11 @@ class MRCStack:
         Override of the slices-per-frame the header implies.
     n_threads
         Threads for blosc decompression (default: all cores).
+    background_index
+        For the URL of an MRCZ file: walk the chunk headers in a background
+        thread from open on, unless a saved index of this version of the
+        file was loaded (see :mod:`.chunk_index`). ``False`` for a file read
+        once and closed (readers still walk as far as they need).
 
     Attributes
     ----------
@@ -125,7 +133,8 @@ class MRCStack:
     """
 
     def __init__(self, path: str | os.PathLike, *, fileConvention: str = "ccpem",
-                 slices: int | None = None, n_threads: int | None = None) -> None:
+                 slices: int | None = None, n_threads: int | None = None,
+                 background_index: bool = True) -> None:
         self.path = os.fspath(path)
         remote = is_url(self.path)
         recovered = None if remote else journal.recover(self.path)  # an interrupted header edit first
@@ -147,14 +156,14 @@ class MRCStack:
         self.dtype = self.header.dtype
         self.n_threads = n_threads
         self._index_lock = threading.Lock()
+        self._index.start(walk=background_index)
 
     def _read_header(self) -> None:
         self.header: MRCHeader = parse_header(
             self._src.pread(0, HEADER_BYTES), self.path, self._src.size,
             read_extended=self._src.pread, **self._conventions)
         self._generation = self._src.generation
-        self._offsets = [self.header.data_offset]
-        self._versions: list[int] = []
+        self._index = ChunkIndex(self._src, self.path, self.header)
         self._extended: ExtendedHeader | None = None
 
     def _follow_replacement(self) -> None:
@@ -170,6 +179,7 @@ class MRCStack:
         with self._index_lock:
             if self._src.generation == self._generation:
                 return
+            self._index.close()
             self._read_header()
         if self.header.shape != self.shape:
             raise MRCFileError(self.path, f"the file was replaced by one of shape {self.header.shape} while "
@@ -177,7 +187,8 @@ class MRCStack:
 
     # -- life cycle -------------------------------------------------------
     def close(self) -> None:
-        """Release the file."""
+        """Stop the background walk of the chunk headers, if any, and release the file."""
+        self._index.close()
         self._src.close()
 
     def __enter__(self) -> MRCStack:
@@ -202,39 +213,28 @@ class MRCStack:
     # -- the chunk index (MRCZ) ---------------------------------------------
     def _index_to(self, i: int) -> None:
         """Walk chunk headers until the span of chunk ``i`` is known and checked."""
-        if len(self._offsets) > i + 1:
-            return
-        h = self.header
-        expect = h.section_nbytes
-        with self._index_lock:
-            while len(self._offsets) <= i + 1:
-                k = len(self._offsets) - 1
-                pos = self._offsets[-1]
-                head = self._src.pread(pos, blosc_chunks.CHUNK_HEADER_BYTES)
-                if len(head) < blosc_chunks.CHUNK_HEADER_BYTES:
-                    raise TruncatedFileError(
-                        self.path, f"file is truncated: compressed z-section {k} of {h.shape[0]} "
-                        f"should start at byte {pos}, the file ends at byte {self._src.size}")
-                version, _, _, typesize, nbytes, _, cbytes = blosc_chunks.parse_chunk_header(head)
-                if version not in blosc_chunks.BACKEND_BY_VERSION:
-                    raise MRCFileError(
-                        self.path, f"z-section {k}: not a blosc chunk (format version {version} "
-                        f"at byte {pos}; expected 2 or 5)")
-                if nbytes != expect:
-                    raise MRCFileError(
-                        self.path, f"z-section {k}: blosc chunk at byte {pos} holds {nbytes} "
-                        f"bytes, a {h.shape[1]} x {h.shape[2]} {h.dtype.name} section needs {expect} bytes")
-                if cbytes < blosc_chunks.CHUNK_HEADER_BYTES or pos + cbytes > self._src.size:
-                    raise TruncatedFileError(
-                        self.path, f"z-section {k}: blosc chunk at byte {pos} claims {cbytes} "
-                        f"compressed bytes, only {self._src.size - pos} remain in the file")
-                self._versions.append(version)
-                self._offsets.append(pos + cbytes)
+        self._index.ensure(i)
 
     def chunk_span(self, i: int) -> tuple[int, int, int]:
         """(offset, compressed bytes, format version) of the chunk of z-section ``i``."""
-        self._index_to(i)
-        return self._offsets[i], self._offsets[i + 1] - self._offsets[i], self._versions[i]
+        return self._index.span(i)
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait for the background walk of a URL's chunk headers to end; whether every chunk is indexed.
+
+        Parameters
+        ----------
+        timeout
+            Seconds to wait at most (default: until it ends).
+
+        Returns
+        -------
+        bool
+            True once every chunk's span is known (at once for an index loaded
+            from the cache; always False for a file on disk whose chunks were
+            not all read: it has no background walk to wait for).
+        """
+        return self._index.wait(timeout)
 
     @property
     def blosc_format(self) -> int | None:
@@ -351,9 +351,12 @@ class MRCStack:
         if stop - start > 1:
             blosc_chunks.warm()  # the faster decoder pays for its import on a stack
         for i in range(start, stop):
-            offset, cbytes, version = self.chunk_span(i)
-            with self._src.view(offset, cbytes) as chunk:
-                self._decompress(i, chunk, out[i - start], version, n_threads)
+            while True:  # twice at most: a saved index that proves wrong is dropped and walked again
+                span = self.chunk_span(i)
+                with self._src.view(span[0], span[1]) as chunk:
+                    if self._index.confirm(i, span, chunk):
+                        self._decompress(i, chunk, out[i - start], span[2], n_threads)
+                        break
         return out
 
     def memmap(self, start: int = 0, stop: int | None = None) -> np.ndarray:
