@@ -303,7 +303,8 @@ def test_help_shows_defaults_and_decompress_offers_no_compression_options():
     from napari_mrcz.codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR
 
     text = " ".join(cli("compress", "--help").stdout.split())
-    assert f"blosc compressor (default: {DEFAULT_SAVE_COMPRESSOR}; OME-Zarr: zstd, lz4 for --ngff 0.4)" in text
+    assert f"blosc compressor (default: {DEFAULT_SAVE_COMPRESSOR}; OME-Zarr: zstd, lz4 for --ngff 0.4)" \
+        in text
     assert f"compression level (default: {DEFAULT_SAVE_CLEVEL}; OME-Zarr: 3, 5 for --ngff 0.4)" in text
     assert f"(default: {os.cpu_count() or 1}, one per core)" in text and "(default: blosc1" in text
     assert "SRC/a/b.dm4 -> DEST/a/b.dm4.mrcz" in text

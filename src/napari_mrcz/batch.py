@@ -34,6 +34,7 @@ from .codec.convert import (
     zarr_done,
     zarr_target_name,
 )
+from .codec.remote import file_name, is_url, shown
 from .codec.source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR
 
 #: What to install for dask.distributed and rich.
@@ -48,10 +49,10 @@ class MissingDependencyError(RuntimeError):
 
 @dataclass
 class Job:
-    """One source file and its target."""
+    """One source file and its target (each a path, or a URL as a string)."""
 
-    source: Path
-    target: Path
+    source: Path | str
+    target: Path | str
     nbytes: int
 
 
@@ -95,40 +96,85 @@ def plan(sources: Iterable[str | os.PathLike], dest: str | os.PathLike, *, compr
         ``x.mrcz`` decompressed into one folder); the message names both.
     """
     jobs: list[Job] = []
-    dest = Path(dest)
-    for src in map(Path, sources):
-        if src.is_dir() and not _is_zarr(src):
-            pairs = [(p, p.relative_to(src)) for p in _walk(src)]
-        elif src.is_file() or _is_zarr(src):
-            pairs = [(src, Path(src.name))]
-        else:
-            raise FileNotFoundError(f"{src}: no such file or folder")
-        for path, rel in pairs:
-            if not (path.name.lower().endswith(SOURCE_SUFFIXES) or _is_zarr(path)):
+    remote_dest = is_url(dest)
+    if remote_dest and ome_zarr:
+        raise ValueError(f"{shown(os.fspath(dest))}: OME-Zarr output is written to a folder on disk, "
+                         "not to a URL")
+    for src in sources:
+        for path, rel, nbytes in _found(src):
+            name_in = file_name(path) if isinstance(path, str) else path.name
+            if not (name_in.lower().endswith(SOURCE_SUFFIXES) or (isinstance(path, Path) and _is_zarr(path))):
                 continue
-            if pattern and not fnmatch.fnmatch(path.name, pattern):
+            if pattern and not fnmatch.fnmatch(name_in, pattern):
                 continue
             name = zarr_target_name(rel.name) if ome_zarr else target_name(rel.name, compressed)
-            target = dest / rel.parent / name
-            jobs.append(Job(path, target, source_size(path)))
+            target: Path | str = (object_store_join(os.fspath(dest), rel.parent.as_posix(), name)
+                                  if remote_dest else Path(dest) / rel.parent / name)
+            jobs.append(Job(path, target, nbytes if nbytes is not None else source_size(path)))
     # Writing into the source folder: the outputs of an earlier run are found as sources too.
     # A file that is another job's target and records that job's source (our stamp) is its
     # output, not a file to convert again; any other file there is the user's: a clash, below.
-    by_target = {os.path.abspath(job.target): job for job in jobs
-                 if os.path.abspath(job.target) != os.path.abspath(job.source)}
+    by_target = {_where(job.target): job for job in jobs if _where(job.target) != _where(job.source)}
 
     def earlier_output(job: Job) -> bool:
-        other = by_target.get(os.path.abspath(job.source))
+        other = by_target.get(_where(job.source))
         return other is not None and already_done(other.source, job.source)
 
     jobs = [job for job in jobs if not earlier_output(job)]
-    first: dict[Path, Path] = {}
+    first: dict[str, Path | str] = {}
     for job in jobs:
-        other = first.setdefault(job.target, job.source)
+        other = first.setdefault(_where(job.target), job.source)
         if other != job.source:
-            raise ValueError(f"{other} and {job.source} would both be written to {job.target}; "
-                             "convert them into different folders")
+            raise ValueError(f"{_shown(other)} and {_shown(job.source)} would both be written to "
+                             f"{_shown(job.target)}; convert them into different folders")
     return jobs
+
+
+def _where(path: Path | str) -> str:
+    """A job's path as one key: absolute for a file, the URL as it is."""
+    return path if isinstance(path, str) else os.path.abspath(path)
+
+
+def _shown(path: Path | str) -> str:
+    return shown(path) if isinstance(path, str) else str(path)
+
+
+def _found(src: str | os.PathLike) -> list[tuple[Path | str, Path, int | None]]:
+    """(source, its path below ``src``, its size if known) of a source given: a file, a folder, a URL.
+
+    A URL ending in ``/``, or naming no object, is a folder (a key prefix) and is listed.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing is there.
+    """
+    if is_url(src):
+        url = os.fspath(src)
+        from .codec import object_store
+
+        if not url.endswith("/") and object_store.is_object_url(url) and object_store.size(url) is not None:
+            return [(url, Path(file_name(url)), None)]
+        if not object_store.is_object_url(url):  # http(s): one file, never a folder
+            return [(url, Path(file_name(url)), None)]
+        return [(found, Path(rel), size) for found, rel, size in object_store.walk(url)]
+    src = Path(src)
+    if src.is_dir() and not _is_zarr(src):
+        return [(p, p.relative_to(src), None) for p in _walk(src)]
+    if src.is_file() or _is_zarr(src):
+        return [(src, Path(src.name), None)]
+    raise FileNotFoundError(f"{src}: no such file or folder")
+
+
+def object_store_join(url: str, *parts: str) -> str:
+    """``url`` with ``parts`` appended (``.`` parts dropped)."""
+    from .codec.object_store import join
+
+    return join(url, *(p for p in parts if p not in ("", ".")))
+
+
+def _name(path: Path | str) -> str:
+    return file_name(path) if isinstance(path, str) else path.name
 
 
 def _is_zarr(path: Path) -> bool:
@@ -271,7 +317,7 @@ class _Work:
             if prepared is None:
                 if k not in self.outcomes:
                     self.tasks.append(_Task(k, convert, (str(job.source), str(job.target)),
-                                            {"n_threads": cores, **options}, job.nbytes, job.source.name))
+                                            {"n_threads": cores, **options}, job.nbytes, _name(job.source)))
                 continue
             from .codec.ome_zarr import write_slab
 
@@ -280,7 +326,7 @@ class _Work:
             for j, (first, end) in enumerate(slabs):
                 share = job.nbytes * (end - first) // max(1, prepared.frames)
                 self.tasks.append(_Task(k, write_slab, (prepared, j), {"n_threads": cores,
-                                        "verify": options["verify"]}, share, f"{job.source.name}[{j}]"))
+                                        "verify": options["verify"]}, share, f"{_name(job.source)}[{j}]"))
 
     def _prepare(self, k: int, job: Job, total: int, workers: int) -> Any:
         """The prepared output of a job worth splitting (``None``: one task, or already decided)."""

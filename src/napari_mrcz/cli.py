@@ -181,7 +181,7 @@ def cmd_batch(args: argparse.Namespace, compressed: bool) -> int:
         ome_zarr = getattr(args, "format", "mrcz") == "ome-zarr"
         jobs = batch.plan(args.sources, args.output, compressed=compressed, pattern=args.pattern,
                           ome_zarr=ome_zarr)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # no such file or folder, a bucket that cannot be listed
         print(f"napari-mrcz: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -347,15 +347,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """Say where the pyramid cache is and what it holds; empty it with ``--clear``."""
+    """Where the pyramid cache and the remote chunk indexes are, what they hold; ``--clear`` empties both."""
+    import shutil
+
+    from .codec.chunk_index import cache_folder
     from .codec.pyramid import PyramidCache
 
     cache = PyramidCache()
+    indexes = cache_folder()
     if args.clear:
         cache.clear()
+        shutil.rmtree(indexes, ignore_errors=True)
     entries = cache.entries()
     print(f"{cache.root}: {len(entries)} entries, {cache.nbytes() / 1e9:.2f} GB "
           f"(limit {cache.limit_bytes / 1e9:.0f} GB: NAPARI_MRCZ_CACHE_GB)")
+    saved = list(indexes.glob("*.json")) if indexes.is_dir() else []
+    print(f"{indexes}: {len(saved)} chunk indexes of remote MRCZ files")
     return 0
 
 

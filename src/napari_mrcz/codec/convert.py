@@ -138,17 +138,48 @@ def target_name(name: str, compressed: bool) -> str:
     return name if lower.endswith(PLAIN_MRC_SUFFIXES) else name + ".mrc"
 
 
+#: How long (s) an object's version, once asked, stands for the batch's records of it.
+_VERSION_SECONDS = 60.0
+_versions: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+def remote_version(url: str) -> dict[str, Any]:
+    """``size``, ``ETag`` and ``Last-Modified`` of the object at ``url`` (asked again after a minute)."""
+    from .remote import RemoteFile
+
+    now = time.monotonic()
+    known = _versions.get(url)
+    if known is None or now - known[0] > _VERSION_SECONDS:
+        opened = RemoteFile(url)
+        try:
+            known = _versions[url] = (now, dict(opened.version))
+        finally:
+            opened.close()
+    return known[1]
+
+
 def provenance(path: str | os.PathLike) -> dict[str, Any]:
-    """The record of a source that a target's JSON metadata keeps."""
+    """The record of a source that a target's JSON metadata keeps (a URL's: without its secrets)."""
+    if is_url(path):
+        from .remote import shown
+
+        version = remote_version(os.fspath(path))
+        tags = {k: v for k, v in version.items() if k != "size"}
+        return {"source": shown(os.fspath(path)), "source_size": version["size"], "source_version": tags,
+                "tool": f"napari-mrcz {__version__}"}
     st = os.stat(path)
     return {"source": os.path.abspath(path), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
             "tool": f"napari-mrcz {__version__}"}
 
 
 def source_stamp(path: str | os.PathLike) -> str:
-    """The label text that ties a target to this very source (path, size and modification time)."""
+    """The label text that ties a target to this very source (path, size and modification time).
+
+    A URL's: the URL without its secrets, the size, and the ETag or Last-Modified.
+    """
     record = provenance(path)
-    key = f"{record['source']}\0{record['source_size']}\0{record['source_mtime_ns']}".encode()
+    when = record.get("source_mtime_ns", json.dumps(record.get("source_version"), sort_keys=True))
+    key = f"{record['source']}\0{record['source_size']}\0{when}".encode()
     return "batch source " + hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
@@ -163,7 +194,7 @@ def already_done(source: str | os.PathLike, target: str | os.PathLike, keepbits:
     (integers are never rounded). Only headers are read. A target under its
     final name was verified before it was renamed, so this is enough.
     """
-    if not os.path.isfile(target):
+    if not (_object_exists(target) if is_url(target) else os.path.isfile(target)):
         return False
     try:
         with MRCStack(target) as stack:
@@ -278,22 +309,28 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
         failed verification or a write error; ``unsupported`` for what MRC
         cannot hold.
     """
-    source, target = os.fspath(source), Path(target)
+    source = os.fspath(source)
+    remote_target = is_url(target)
+    target = os.fspath(target) if remote_target else Path(target)
     t0 = time.perf_counter()
-    out = Outcome(source, str(target), "failed")
+    out = Outcome(source if not is_url(source) else _shown(source), _shown(str(target)), "failed")
     try:
         out.bytes_in = source_size(source)
         if ome_zarr:
             from . import ome_zarr as omz
 
+            if remote_target:
+                raise ValueError(f"{out.target}: OME-Zarr output is written to a folder on disk, not to "
+                                 "a URL")
             omz.remove_leftovers(target)
             if not overwrite and zarr_done(source, target, keepbits, max_error, ngff):
                 out.status, out.bytes_out = "skipped", source_size(target)
                 return out
         else:
-            _remove_leftovers(target)
+            if not remote_target:
+                _remove_leftovers(target)
             if not overwrite and already_done(source, target, keepbits, max_error):
-                out.status, out.bytes_out = "skipped", target.stat().st_size
+                out.status, out.bytes_out = "skipped", source_size(target)
                 return out
         if n_threads:
             from .mrc import setDefaultThreads
@@ -305,8 +342,11 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
                 _write_zarr(opened, target, out, compressor, clevel, verify, keepbits, max_error, ngff,
                             levels, n_threads)
             else:
-                _write_verified(opened, target, out, compressed, compressor, clevel, backend, verify,
-                                keepbits, max_error, dtype)
+                args = (compressed, compressor, clevel, backend, verify, keepbits, max_error, dtype)
+                if remote_target:
+                    _write_uploaded(opened, target, out, *args)
+                else:
+                    _write_verified(opened, target, out, *args)
         finally:
             opened.handle.close()
         out.status = "done"
@@ -319,8 +359,49 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     return out
 
 
+def _shown(path: str) -> str:
+    """A URL without its secrets (what outcomes and messages say); a path as it is."""
+    from .remote import shown
+
+    return shown(path) if is_url(path) else path
+
+
+def _write_uploaded(opened: ImageSource, url: str, out: Outcome, *args: Any) -> None:
+    """Write and verify the output in a local spool folder, then put it as the object ``url``.
+
+    The object appears only once its upload is complete, and is checked
+    (size, and a CRC-32 of its bytes read back) against the verified file.
+    The spool is ``NAPARI_MRCZ_SPOOL`` or the system's temporary folder; it
+    needs room for one output.
+    """
+    import shutil
+    import tempfile
+
+    from .object_store import upload
+    from .remote import file_name
+
+    spool = Path(tempfile.mkdtemp(prefix=".napari-mrcz-", dir=os.environ.get("NAPARI_MRCZ_SPOOL") or None))
+    try:
+        local = spool / file_name(url)
+        _write_verified(opened, local, out, *args)
+        out.bytes_out = upload(local, url, verify=args[4])
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _object_exists(url: str | os.PathLike) -> bool:
+    from .object_store import size
+
+    try:
+        return size(os.fspath(url)) is not None
+    except OSError:
+        return False
+
+
 def source_size(path: str | os.PathLike) -> int:
-    """Bytes of a file, or of every file in a folder (an OME-Zarr)."""
+    """Bytes of a file, of every file in a folder (an OME-Zarr), or of the object at a URL."""
+    if is_url(path):
+        return int(remote_version(os.fspath(path))["size"])
     if not os.path.isdir(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(here, name))

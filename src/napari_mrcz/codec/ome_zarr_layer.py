@@ -150,7 +150,7 @@ def save_ome_zarr(data: Any, path: str | os.PathLike, mrcz: dict | None, *, scal
     extra
         More JSON metadata (merged under ``mrcz['meta']``, kept under ``napari_mrcz.meta``).
     n_threads
-        Threads zarr and blosc may use.
+        Chunks compressed at once (default: all cores).
     verify
         Decode every chunk again and check every file's bytes on disk.
 
