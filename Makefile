@@ -33,6 +33,7 @@ bench:
 	.venv/bin/python benchmarks/bench_ome_zarr.py
 	.venv/bin/python benchmarks/bench_zarr_codecs.py
 	$(XVFB) .venv/bin/python benchmarks/bench_napari.py
+	$(XVFB) .venv/bin/python benchmarks/bench_remote.py
 
 fuzz:
 	scripts/setup.sh test

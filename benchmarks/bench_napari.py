@@ -108,6 +108,9 @@ def measure(path: Path, plugin: str, steps: int = 30) -> dict:
     layer, first = open_timed(viewer, path, plugin)
     n = layer.data.shape[0] if layer.ndim == 3 else 1
     out = {"first_frame_s": first}
+    remote = (layer.metadata.get("mrcz") or {}).get("remote")  # a URL's: what showing it fetched
+    if remote is not None:
+        out["first_bytes"], out["first_requests"] = remote.fetched_bytes, remote.requests
     peak = [me.memory_info().rss]
     for name, frames in (("jump", [(k * 7) % n for k in range(1, steps + 1)]),
                          ("step", [k % n for k in range(1, steps + 1)])):
