@@ -49,10 +49,15 @@ def make_movies(folder: Path, n: int, frames: int, size: int) -> list[Path]:
 
 
 class PeakRSS:
-    """Peak resident memory of this process's children (and of this process), sampled in a thread."""
+    """Peak resident memory of this process's children (and of this process), sampled in a thread.
 
-    def __init__(self, include_self: bool) -> None:
+    With ``cap``, a child (with its own children) above it is killed, and
+    ``killed`` is what it held then: tools that would exhaust a shared machine.
+    """
+
+    def __init__(self, include_self: bool, cap: float | None = None) -> None:
         self.include_self, self.peak, self.peak_self = include_self, 0, 0
+        self.cap, self.killed = cap, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,12 +65,24 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             try:
-                for child in me.children(recursive=True):
-                    self.peak = max(self.peak, child.memory_info().rss)
+                children = me.children(recursive=True)
             except psutil.Error:
-                pass
+                children = []
+            for child in children:
+                try:
+                    rss = child.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peak = max(self.peak, rss)
+                if self.cap is not None and rss > self.cap and not self.killed:
+                    self.killed = rss
+                    for proc in [*child.children(recursive=True), child]:
+                        try:
+                            proc.kill()
+                        except psutil.Error:
+                            pass
             self.peak_self = max(self.peak_self, me.memory_info().rss)
-            time.sleep(0.05)
+            self._stop.wait(0.05)
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()

@@ -178,52 +178,6 @@ class MemoryCapError(RuntimeError):
     """A tool's process grew past the memory this shared machine can give it, and was killed."""
 
 
-class Watch:
-    """Peak RSS of the largest child process, sampled every 50 ms; with ``cap``, a child above it is killed.
-
-    Only this benchmark's own children are looked at (the tools it started).
-    """
-
-    def __init__(self, cap: float | None) -> None:
-        import threading
-
-        self.cap, self.peak, self.killed = cap, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                children = me.children(recursive=True)
-            except psutil.Error:
-                children = []
-            for child in children:
-                try:
-                    rss = child.memory_info().rss
-                except psutil.Error:
-                    continue
-                self.peak = max(self.peak, rss)
-                if self.cap is not None and rss > self.cap and not self.killed:
-                    self.killed = rss
-                    for proc in [*child.children(recursive=True), child]:
-                        try:
-                            proc.kill()
-                        except psutil.Error:
-                            pass
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 class ClientClock:
     """Time our client (this process) spends preparing and finishing split outputs (batch's serial part)."""
 
@@ -351,7 +305,9 @@ def measure(name: str, fn, out: Path, in_bytes: int, cap: float | None, per_file
         shutil.rmtree(out)
     out.mkdir(parents=True)
     os.sync()  # the previous run's writeback is not charged here
-    with Watch(cap) as watch:
+    from bench_batch import PeakRSS
+
+    with PeakRSS(include_self=False, cap=cap) as watch:
         u0, t0 = usage(), time.perf_counter()
         try:
             extra = fn(out) or {}
