@@ -8,6 +8,18 @@ reads the result the ways a user would: ``readMRC`` or ``readDM4``, and the
 napari reader's path (``read_layers``, which opens the file and samples a frame
 for contrast, then the first and the last frame of every layer).
 
+OME-Zarr folders (``--inputs zarr`` or ``all``) are fuzzed too: seeds made
+at the start (:func:`write_zarr_seeds`: ours in NGFF 0.5 and 0.4, and two of
+zarr-python's), each case a copy with one to three mutations of its JSON
+(values replaced by extremes and wrong types, keys deleted, bits flipped, the
+file replaced by what is not JSON, or gone) or of its chunk and shard files
+(bits flipped, cut short, extended, deleted, swapped, blosc header fields, a
+shard index pointing past the end, with its checksum made right). The child
+reads it as a user would (:func:`run_zarr_case`: ``open_image``, every
+section of level 0, the frame the viewer shows first, and ``convert`` to
+MRCZ), and checks what it read against the seed's level 0 where the
+mutations left it alone, and the fill value where they deleted a chunk.
+
 Cases run in long-lived child processes, each capped at ``--memory`` bytes of
 address space (``RLIMIT_AS``) and ``--timeout`` seconds a case, and with
 Python's allocation tracing on. Outcomes:
@@ -17,7 +29,10 @@ Python's allocation tracing on. Outcomes:
 - defect: any other exception, a ``MemoryError``, an error that does not name
   the file, a peak allocation beyond what the file could back (``--alloc``
   bytes plus 64 x its size), a hang (the child is killed after the time
-  limit), or a crash (the child dies). Each defect's input is kept on disk.
+  limit), or a crash (the child dies); for a folder also data that is not
+  what it holds, and a ``convert`` that raises, fails without naming it,
+  leaves files behind, or writes other data than was read. Each defect's
+  input is kept on disk.
 
 Case ``i`` of seed ``s`` is the same mutation on every machine and in any
 order, so a defect is reproduced by its numbers alone.
@@ -25,6 +40,7 @@ order, so a defect is reproduced by its numbers alone.
 Usage::
 
     python -m tests.fuzzer --cases 200000 --seed random --keep fuzz-defects
+    python -m tests.fuzzer --cases 2000 --inputs zarr --workers 2
     python -m tests.fuzzer --child      # internal: one worker process
 """
 
@@ -195,19 +211,608 @@ def mutate(seed: Seed, rng: random.Random) -> tuple[bytes, list[str]]:
     return bytes(buf), done
 
 
-def case_file(seeds: list[Seed], seed: int, i: int, folder: Path) -> tuple[Path, Seed, list[str]]:
-    """Write case ``i`` of run ``seed`` into ``folder``; the name keeps the seed's suffixes."""
+def case_file(seeds: list, seed: int, i: int, folder: Path) -> tuple[Path, Seed | ZarrSeed, list[str]]:
+    """Write case ``i`` of run ``seed`` into ``folder``; the name keeps the seed's suffixes.
+
+    A case of an OME-Zarr seed is a folder, with what the child may expect of
+    it beside it (:data:`EXPECT_SUFFIX`).
+    """
     rng = random.Random(seed * 1_000_003 + i)
     source = rng.choice(seeds)
-    data, done = mutate(source, rng)
     path = folder / f"case{i}-{source.path.name}"
+    if isinstance(source, ZarrSeed):
+        return path, source, case_folder(source, rng, path)
+    data, done = mutate(source, rng)
     path.write_bytes(data)
     return path, source, done
+
+
+def remove_case(path: Path) -> None:
+    """Remove a case's file, or its folder and what was expected of it."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    path.unlink(missing_ok=True)
+    Path(str(path) + EXPECT_SUFFIX).unlink(missing_ok=True)
+
+
+def keep_case(path: Path, keep: Path) -> Path:
+    """Copy a case (a file, or a folder and its expectations) into ``keep``; returns the copy."""
+    keep.mkdir(parents=True, exist_ok=True)
+    kept = keep / path.name
+    if path.is_dir():
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(path, kept)
+        expect = Path(str(path) + EXPECT_SUFFIX)
+        if expect.is_file():
+            shutil.copyfile(expect, str(kept) + EXPECT_SUFFIX)
+    else:
+        shutil.copyfile(path, kept)
+    return kept
+
+
+# ---------------------------------------------------------------------------
+# OME-Zarr folders (seeds made at the start, mutated file by file)
+# ---------------------------------------------------------------------------
+#: The metadata files of a Zarr hierarchy (v3, and v2's three).
+ZARR_META = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+#: What the child reads beside a case folder: where its level 0 came from and what may have changed.
+EXPECT_SUFFIX = ".fuzz.json"
+#: JSON keys whose values the mutations aim at (beside any node at all).
+ZARR_KEYS = ("shape", "chunks", "chunk_shape", "data_type", "dtype", "fill_value", "codecs", "compressor",
+             "filters", "index_codecs", "index_location", "configuration", "name", "id", "cname", "clevel",
+             "shuffle", "typesize", "blocksize", "endian", "order", "dimension_separator", "separator",
+             "chunk_key_encoding", "chunk_grid", "zarr_format", "node_type", "storage_transformers",
+             "multiscales", "datasets", "path", "axes", "coordinateTransformations", "scale", "translation",
+             "version", "ome", "napari_mrcz", "header", "meta", "extended", "record", "stack", "slices",
+             "uint4", "labels", "unit", "type")
+DTYPE_NAMES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16",
+               "float32", "float64", "complex64", "complex128", "string", "bytes", "r8", "r16", "r7",
+               "float8_e4m3", "object", "", "<f4", ">f4", "<i2", "|u1", "<u8", "<c8", "<c16", "|b1", "|O",
+               "<U10", "|S10", "|V8", "<M8[ns]", "<m8[s]", "<f16", ">u2", "|i1", [["a", "<f4"], ["b", "<i2"]],
+               {"name": "float32"}, {"name": "r8", "configuration": {}}, 7, None]
+CODEC_NAMES = ["blosc", "bytes", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed", "vlen-utf8",
+               "numcodecs.zlib", "zlib", "lz4", "bz2", "delta", "fixedscaleoffset", "bogus", "", "Blosc",
+               "blosclz", "lz4hc", "snappy", "zlib", "no-such-codec", 0, None]
+HOSTILE = [None, True, False, 0, 1, -1, 2, 3, 7, 255, 256, 65535, 1 << 31, (1 << 31) - 1, -(1 << 31),
+           (1 << 63) - 1, -(1 << 63), 1 << 64, 10 ** 30, 0.5, -0.0, 1e308, -1e308, float("nan"),
+           float("inf"), "", "x", "NaN", "Infinity", "0", "-1", "../0", "..", "/", "0/../..", "/etc",
+           "c", "1", "2", "9", "\x00", "é" * 3, "x" * 5000, [], {}, [None], [0], [-1], [1 << 40], {"a": 1},
+           {"name": "bogus"}, [{"name": "bogus"}], [[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]
+
+
+@dataclass
+class ZarrSeed:
+    """One seed OME-Zarr folder: its files' bytes, its level 0 (as a .npy), and where each stored file lies.
+
+    ``regions`` maps each level-0 data file (a v2 chunk, a v3 chunk or shard)
+    to the box of level 0 it holds (``[start, stop]`` per axis, clipped to
+    the array); ``shards`` maps each shard to its inner chunk shape and its
+    whole shape (its index has an entry per inner chunk of the whole shape,
+    in C order).
+    """
+
+    path: Path
+    files: dict[str, bytes]
+    level0: str
+    expected: Path
+    fill: float
+    regions: dict[str, list[list[int]]] = field(default_factory=dict)
+    shards: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+
+
+def _level0_path(attrs: dict) -> str:
+    ome = attrs.get("ome", attrs)
+    return str(ome["multiscales"][0]["datasets"][0]["path"])
+
+
+def load_zarr_seed(folder: Path) -> ZarrSeed:
+    """A seed from an intact OME-Zarr folder (read here with zarr-python, not with the code under test)."""
+    import numpy as np
+    import zarr
+
+    root = zarr.open_group(str(folder), mode="r")
+    level0 = _level0_path(dict(root.attrs))
+    array = root[level0]
+    data = np.asarray(array[...])
+    expected = folder.with_name(folder.name + ".npy")
+    np.save(expected, data)
+    files = {p.relative_to(folder).as_posix(): p.read_bytes()
+             for p in sorted(folder.rglob("*")) if p.is_file()}
+    fill = array.fill_value
+    seed = ZarrSeed(folder, files, level0, expected, float(fill) if fill is not None else 0.0)
+    outer = array.shards or array.chunks
+    grid = [-(-n // c) for n, c in zip(array.shape, outer, strict=True)]
+    for coords in np.ndindex(*grid):
+        key = f"{level0}/{array.metadata.encode_chunk_key(coords)}"
+        box = [[i * c, min((i + 1) * c, n)] for i, c, n in zip(coords, outer, array.shape, strict=True)]
+        if key in files:
+            seed.regions[key] = box
+            if array.shards:
+                seed.shards[key] = (list(array.chunks), list(array.shards))
+    return seed
+
+
+def write_zarr_seeds(folder: Path, data: Path = DATA) -> list[ZarrSeed]:
+    """OME-Zarr seeds: ours (NGFF 0.5 and 0.4; a 2D image, volumes of 2 levels, labels, movies) and two
+    written by zarr-python alone (small chunks, missing chunks, other codecs, big-endian data)."""
+    import numpy as np
+    import zarr
+
+    from napari_mrcz import codec
+    from napari_mrcz.codec.convert import convert
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = folder / "sources"
+    made.mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    labels = np.zeros((10, 16, 18), np.uint16)
+    labels[2:7, 3:12, 4:9], labels[5:9, 9:15, 10:17] = 3, 17
+    codec.writeMRC(labels, made / "labels.mrc", meta={"napari_mrcz_labels": True}, pixelsize=[4.0, 4.0, 4.0])
+    movie = rng.integers(-300, 300, size=(5, 16, 20)).astype(np.int16)
+    codec.writeMRC(movie, made / "movie.mrcs", pixelsize=[1.0, 1.1, 1.1])
+    image = data / "dm" / "ncempy_dmTest_float32_nonSquare_diffPixelSize.dm4"
+    if not image.is_file():
+        codec.writeMRC(rng.normal(size=(64, 128)).astype(np.float32), made / "image.mrc")
+        image = made / "image.mrc"
+    volume = data / "mrc" / "emdb" / "EMD-3197.map"
+    if not volume.is_file():
+        codec.writeMRC(rng.normal(size=(20, 20, 20)).astype(np.float32), made / "volume.map")
+        volume = made / "volume.map"
+    for name, source, ngff, levels in (("image2d-05.zarr", image, "0.5", 2),
+                                       ("volume-05.zarr", volume, "0.5", 2),
+                                       ("volume-04.zarr", volume, "0.4", 2),
+                                       ("labels-05.zarr", made / "labels.mrc", "0.5", 2),
+                                       ("movie-04.zarr", made / "movie.mrcs", "0.4", 2),
+                                       ("movie-05.zarr", made / "movie.mrcs", "0.5", 1)):
+        out = convert(source, folder / name, ome_zarr=True, ngff=ngff, levels=levels)
+        if out.status != "done":
+            raise RuntimeError(f"a fuzz seed could not be written: {out.reason}")
+    # zarr-python's own: a v3 sharded uint16 volume (zstd, crc32c index; chunks of zeros left out),
+    # and a v2 big-endian float32 stack (zlib, '.' keys, fill value 0, a chunk of zeros left out)
+    v3 = np.zeros((6, 20, 18), np.uint16)
+    v3[:3] = rng.integers(0, 4000, size=(3, 20, 18))
+    root = zarr.open_group(str(folder / "foreign-v3.zarr"), mode="w", zarr_format=3)
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    root.attrs.update({"ome": {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1.5, 0.5, 0.5]}]}]}]}})
+    root.create_array("s0", shape=v3.shape, dtype=v3.dtype, chunks=(1, 8, 8), shards=(2, 16, 16),
+                      fill_value=0, dimension_names=list("zyx"))[...] = v3
+    v2 = rng.normal(size=(4, 12, 10)).astype(">f4")
+    v2[2:, 8:] = 0
+    root = zarr.open_group(str(folder / "foreign-v2.zarr"), mode="w", zarr_format=2)
+    root.attrs.update({"multiscales": [{"version": "0.4", "axes": [{"name": "t", "type": "time"},
+                                                                   *axes[1:]],
+                                        "datasets": [{"path": "0", "coordinateTransformations": [
+                                            {"type": "scale", "scale": [1.0, 2.0, 2.0]}]}]}]})
+    import numcodecs
+
+    root.create_array("0", shape=v2.shape, dtype=v2.dtype, chunks=(2, 4, 4), fill_value=0,
+                      compressors=numcodecs.Zlib(level=1),
+                      chunk_key_encoding={"name": "v2", "separator": "."},
+                      config={"write_empty_chunks": False})[...] = v2
+    return [load_zarr_seed(p) for p in sorted(folder.glob("*.zarr"))]
+
+
+def _nodes(value, path=()):
+    """Every (path, value) of a JSON tree, the root first."""
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nodes(item, (*path, key))
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            yield from _nodes(item, (*path, k))
+
+
+def _hostile(key, old, rng: random.Random):
+    """A value to put where ``old`` was (under ``key``): extremes, wrong types, near misses."""
+    if rng.random() < 0.25:
+        return rng.choice(HOSTILE)
+    if key in ("data_type", "dtype"):
+        return rng.choice(DTYPE_NAMES)
+    if key in ("name", "id", "cname") and isinstance(old, str):
+        return rng.choice(CODEC_NAMES)
+    if isinstance(old, list) and old and all(isinstance(v, int) and not isinstance(v, bool) for v in old):
+        choice = rng.randrange(8)
+        if choice == 0:
+            return [rng.choice([1 << 31, 1 << 40, (1 << 63) - 1, 1 << 64])] * len(old)
+        if choice == 1:
+            return [rng.choice([0, -1, -(1 << 31)])] * len(old)
+        if choice == 2:
+            return old + [rng.choice([1, 2, 5])]
+        if choice == 3:
+            return old[1:]
+        if choice == 4:
+            return [float(v) + 0.5 for v in old]
+        new = list(old)
+        new[rng.randrange(len(new))] = _int32(rng) if choice < 7 else rng.choice([0, 1, 2, 3, 5, 7, 1 << 16])
+        return new
+    if isinstance(old, bool):
+        return not old
+    if isinstance(old, int):
+        return rng.choice([*EXTREMES, 1 << 63, 1 << 64, -(1 << 63), old + 1, old - 1, 2 * old, 0.5])
+    if isinstance(old, float):
+        return rng.choice([0.0, -old, old * 1e300, float("nan"), float("inf"), 1e-320, "1.0", None])
+    if isinstance(old, str):
+        return rng.choice(["", old + "x", old.upper(), old[:-1], "0", "1", "../" + old, "/" + old, "x" * 300,
+                           rng.choice(CODEC_NAMES) or "bogus", "little", "big", "F", "C", ".", "/", "end",
+                           "start"])
+    if isinstance(old, list) and old:
+        items = list(old)
+        choice = rng.randrange(5)
+        if choice == 0:
+            return items[::-1]
+        if choice == 1:
+            return items + [items[rng.randrange(len(items))]]
+        if choice == 2:
+            return items[:1] * 3
+        if choice == 3:
+            return [None] + items
+        return items[1:]
+    if isinstance(old, dict) and old:
+        return {k: (None if rng.random() < 0.3 else v) for k, v in old.items()}
+    return rng.choice(HOSTILE)
+
+
+def _raw_json(text: bytes, rng: random.Random) -> bytes:
+    """What a damaged metadata file holds instead: not JSON, cut short, nested deeply, another type."""
+    choice = rng.randrange(10)
+    if choice == 0:
+        return b""
+    if choice == 1:
+        return text[:rng.randrange(max(1, len(text)))]
+    if choice == 2:
+        return rng.randbytes(rng.randint(1, 300))
+    if choice == 3:
+        return b"[" * 100_000 + b"]" * 100_000
+    if choice == 4:
+        return b'{"a":' * 30_000 + b"1" + b"}" * 30_000
+    if choice == 5:
+        return rng.choice([b"[]", b"null", b"1", b'"zarr"', b"true", b"NaN", b"1e999", b"{}"])
+    if choice == 6:
+        return b"\xef\xbb\xbf" + text  # a byte-order mark
+    if choice == 7:
+        return text.decode("utf-8", "replace").encode("utf-16")
+    if choice == 8:
+        return text + b"\n{}"
+    return text.replace(b"}", b"", 1)
+
+
+def _is_level0_exact(name: str, path: tuple, seed: ZarrSeed) -> bool:
+    """Whether a change at ``path`` (``()``: all of it) of metadata file ``name`` leaves level 0 alone."""
+    folder = name.rsplit("/", 1)[0] if "/" in name else ""
+    if folder == seed.level0:  # level 0's own metadata: its attributes and dimension names only
+        return name.endswith(".zattrs") or (bool(path) and path[0] in ("attributes", "dimension_names"))
+    if folder:  # another level's
+        return True
+    # the group's: all but what says which array is level 0 (datasets, and what holds them)
+    datasets = ("attributes", "ome", "multiscales", 0, "datasets") if name == "zarr.json" else \
+        ("multiscales", 0, "datasets")
+    return bool(path) and "datasets" not in path and path != datasets[:len(path)]
+
+
+def _entries(seed: ZarrSeed, name: str) -> int:
+    """How many entries shard ``name``'s index has."""
+    inner, shard = seed.shards[name]
+    n = 1
+    for s, c in zip(shard, inner, strict=True):
+        n *= -(-s // c)
+    return n
+
+
+def _entry_box(seed: ZarrSeed, name: str, entry: int) -> list[list[int]]:
+    """The box of level 0 that entry ``entry`` of shard ``name``'s index holds (empty past the array)."""
+    inner, shard = seed.shards[name]
+    coords = []
+    for s, c in zip(reversed(shard), reversed(inner), strict=True):
+        n = -(-s // c)
+        coords.append(entry % n)
+        entry //= n
+    return [[min(lo + i * c, hi), min(lo + (i + 1) * c, hi)]
+            for (lo, hi), i, c in zip(seed.regions[name], coords[::-1], inner, strict=True)]
+
+
+def mutate_zarr(seed: ZarrSeed, rng: random.Random) -> tuple[dict[str, bytes | None], list[str], dict]:
+    """One to three stacked mutations of a seed folder's files; returns the files (``None``: deleted),
+    what was done, and what the child may expect of level 0 (``exact``: as the seed, but for the
+    ``free`` boxes, which may hold anything, and the ``filled`` boxes, which read as the fill value)."""
+    files: dict[str, bytes | None] = dict(seed.files)
+    done: list[str] = []
+    expect = {"expected": str(seed.expected), "fill": seed.fill, "exact": True, "free": [], "filled": []}
+    meta = [n for n in files if n.rsplit("/", 1)[-1] in ZARR_META]
+    chunks = [n for n in files if n not in meta]
+    for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        if rng.random() < 0.5:
+            level0 = [n for n in meta if n.startswith(seed.level0 + "/")]
+            top = [n for n in meta if "/" not in n]
+            pick = rng.random()
+            name = rng.choice(top if pick < 0.4 else level0 if pick < 0.85 and level0 else meta)
+            text = files[name]
+            if text is None:
+                continue
+            try:
+                tree = json.loads(text)
+            except (ValueError, RecursionError):  # damaged by an earlier mutation of this case
+                tree = None
+            kind = rng.choice(["raw", "flip"]) if tree is None else \
+                rng.choice(["set", "set", "set", "set", "del", "raw", "flip", "gone"])
+            if kind in ("set", "del"):
+                nodes = list(_nodes(tree))[1:]
+                aimed = [n for n in nodes if n[0] and n[0][-1] in ZARR_KEYS]
+                if not nodes:
+                    continue
+                path, old = rng.choice(aimed if aimed and rng.random() < 0.6 else nodes)
+                parent = tree
+                for p in path[:-1]:
+                    parent = parent[p]
+                if kind == "del":
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = _hostile(path[-1], old, rng)
+                files[name] = json.dumps(tree).encode()
+                done.append(f"json-{kind}:{name}:{'/'.join(map(str, path))}")
+                if not _is_level0_exact(name, path, seed):
+                    expect["exact"] = False
+            elif kind in ("raw", "flip"):
+                if kind == "raw":
+                    files[name] = _raw_json(text, rng)
+                else:  # bits of the text: a digit, a quote, a brace changed
+                    buf = bytearray(text)
+                    for _ in range(rng.randint(1, 4)):
+                        if buf:
+                            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+                    files[name] = bytes(buf)
+                done.append(f"json-{kind}:{name}")
+                expect["exact"] = expect["exact"] and _is_level0_exact(name, (), seed)
+            else:
+                files[name] = None
+                done.append(f"json-gone:{name}")
+                expect["exact"] = expect["exact"] and _is_level0_exact(name, (), seed)
+            continue
+        if not chunks:
+            continue
+        ours = [n for n in chunks if n in seed.regions]
+        name = rng.choice(ours if ours and rng.random() < 0.8 else chunks)
+        buf = files[name]
+        if buf is None:
+            continue
+        buf = bytearray(buf)
+        box = seed.regions.get(name)
+        kinds = ["flip", "flip", "truncate", "extend", "insert", "delete", "gone", "empty", "swap", "blosc"]
+        if name in seed.shards:
+            kinds += ["index"] * 4
+        kind = rng.choice(kinds)
+        filled = False
+        if kind == "flip" and buf:
+            for _ in range(rng.randint(1, 8)):
+                where = rng.random()
+                at = (rng.randrange(min(len(buf), 16)) if where < 0.3 else
+                      len(buf) - 1 - rng.randrange(min(len(buf), 64)) if where < 0.6
+                      else rng.randrange(len(buf)))
+                buf[at] ^= 1 << rng.randrange(8)
+        elif kind == "truncate" and buf:
+            del buf[rng.randrange(len(buf)):]
+        elif kind == "extend":
+            buf += rng.randbytes(rng.choice([1, 4, 16, 64, 4096]))
+        elif kind == "insert":
+            at = rng.randrange(len(buf) + 1)
+            buf[at:at] = rng.randbytes(rng.randint(1, 64))
+        elif kind == "delete" and buf:
+            at = rng.randrange(len(buf))
+            del buf[at:at + rng.randint(1, 64)]
+        elif kind == "gone":
+            files[name] = None
+            done.append(f"gone:{name}")
+            if box is not None:
+                expect["filled"].append(box)
+            continue
+        elif kind == "empty":
+            buf = bytearray()
+        elif kind == "swap":
+            other = rng.choice(chunks)
+            if files[other] is None:
+                continue
+            files[name], files[other] = files[other], bytes(buf)
+            done.append(f"swap:{name}:{other}")
+            for n in (name, other):
+                if n in seed.regions:
+                    expect["free"].append(seed.regions[n])
+                elif n.startswith(seed.level0 + "/"):
+                    expect["exact"] = False
+            continue
+        elif kind == "blosc":  # a blosc header field (v2 chunks; a shard's first inner chunk)
+            field_at = rng.choice([0, 1, 2, 3, 4, 8, 12])
+            if field_at < 4:
+                if field_at < len(buf):
+                    buf[field_at] = rng.choice([0, 1, 2, 3, 4, 5, 0x10, 0xFF, rng.getrandbits(8)])
+            else:
+                _put(buf, field_at, "<I", rng.choice([0, 1, 16, 32, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFFFEF,
+                                                      rng.getrandbits(32)]))
+        elif kind == "index":  # the shard index at its end: (offset, nbytes) per inner chunk, then CRC-32C
+            n = _entries(seed, name)
+            at = len(buf) - 4 - 16 * n
+            if at < 0:
+                continue
+            entry = rng.randrange(n)
+            end = len(buf)
+            choice = rng.randrange(7)
+            offset, nbytes = struct.unpack_from("<QQ", buf, at + 16 * entry)
+            if choice == 0:
+                offset = end + rng.choice([0, 1, 100, 1 << 20])
+            elif choice == 1:
+                nbytes = rng.choice([end, end * 2, 1 << 31, 1 << 40, (1 << 63) - 1, 0xFFFFFFFFFFFFFFFE])
+            elif choice == 2:
+                offset, nbytes = 0xFFFFFFFFFFFFFFF0, 32
+            elif choice == 3:
+                offset, nbytes = 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF  # an empty chunk: reads as the fill
+                filled = True
+            elif choice == 4:
+                nbytes = 0
+            elif choice == 5:
+                offset = max(0, offset - rng.randint(1, 64))
+            else:
+                offset, nbytes = at, 16 * n  # the index itself
+            struct.pack_into("<QQ", buf, at + 16 * entry, offset, nbytes)
+            if rng.random() < 0.8:  # a valid checksum: the reader gets past it
+                import google_crc32c
+
+                struct.pack_into("<I", buf, len(buf) - 4, google_crc32c.value(bytes(buf[at:len(buf) - 4])))
+            done.append(f"index:{name}:{entry}:{choice}")
+            files[name] = bytes(buf)
+            if filled:
+                expect["filled"].append(_entry_box(seed, name, entry))
+            else:
+                expect["free"].append(box)
+            continue
+        files[name] = bytes(buf)
+        done.append(f"{kind}:{name}")
+        if box is not None:
+            expect["free"].append(box)
+        elif name.startswith(seed.level0 + "/"):
+            expect["exact"] = False
+    return files, done, expect
+
+
+def case_folder(seed: ZarrSeed, rng: random.Random, path: Path) -> list[str]:
+    """Write a mutated copy of ``seed`` at ``path`` (a folder) and what the child may expect beside it."""
+    files, done, expect = mutate_zarr(seed, rng)
+    for name, content in files.items():
+        if content is None:
+            continue
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    path.mkdir(parents=True, exist_ok=True)
+    Path(str(path) + EXPECT_SUFFIX).write_text(json.dumps(expect))
+    return done
+
+
+class FuzzDefect(Exception):
+    """What a case's reading found wrong, beyond an exception (never a ValueError: always a defect)."""
+
+
+def _box_mask(shape: tuple[int, ...], boxes: list):
+    """A boolean array of ``shape``, true inside the ``boxes`` (those of as many axes)."""
+    import numpy as np
+
+    mask = np.zeros(shape, bool)
+    for box in boxes:
+        if len(box) == len(shape):
+            mask[tuple(slice(lo, hi) for lo, hi in box)] = True
+    return mask
+
+
+def run_zarr_case(path: str) -> None:
+    """Read an OME-Zarr folder as a user would, and convert it to MRCZ; raises what the readers raise.
+
+    ``open_image``, then every section of level 0 (as ``compress`` reads them)
+    and the frame napari shows first (through the frame cache). Then
+    ``convert(path, 'out.mrcz')``, which must never raise: ``failed`` with a
+    reason naming the folder and nothing left behind, or ``done`` with an
+    output that holds what was read. With a ``.fuzz.json`` beside the case,
+    what was read must be its seed's level 0, where the mutations leave it
+    alone, and the fill value where they deleted a chunk.
+    """
+    import numpy as np
+
+    from napari_mrcz.codec.convert import convert
+    from napari_mrcz.codec.export import source_sections
+    from napari_mrcz.codec.source import open_image
+
+    spec_file = Path(path + EXPECT_SUFFIX)
+    spec = json.loads(spec_file.read_text()) if spec_file.is_file() else None
+    failure: Exception | None = None
+    read: list = []
+    got_shape = None
+    try:
+        image = open_image(path)
+        try:
+            got_shape = tuple(image.shape)
+            expected = np.load(spec["expected"]) if spec and spec["exact"] else None
+            if expected is not None and (got_shape != expected.shape or image.dtype != expected.dtype):
+                raise FuzzDefect(f"level 0 reads as {got_shape} {image.dtype}, the seed's is "
+                                 f"{expected.shape} {expected.dtype}")
+            if expected is not None:
+                free = _box_mask(expected.shape, spec["free"])
+                filled = _box_mask(expected.shape, spec["filled"]) & ~free
+                want = np.where(filled, np.asarray(spec["fill"], expected.dtype), expected)
+                keep = ~free
+            sections = source_sections(image)
+            frame_shape = tuple(sections.shape[1:])
+            keep_sections = np.prod(sections.shape, dtype=np.float64) * sections.dtype.itemsize < 32 << 20
+            for i in range(len(sections)):
+                section = np.asarray(sections[i])
+                if section.shape != frame_shape or section.dtype != sections.dtype:
+                    raise FuzzDefect(f"section {i} is {section.shape} {section.dtype}, not {frame_shape} "
+                                     f"{sections.dtype}")
+                if expected is not None:
+                    exact, where = (want, keep) if expected.ndim == 2 else (want[i], keep[i])
+                    same = section == exact
+                    if section.dtype.kind in "fc":
+                        same |= np.isnan(section) & np.isnan(exact)
+                    if not same[where].all():
+                        raise FuzzDefect(f"section {i} is not what the folder holds "
+                                         f"({int((~same & where).sum())} values differ)")
+                read.append(section if keep_sections else None)
+            shown = np.asarray(image.sample_frame())
+            if image.cache is not None:
+                middle = (image.shape[0] - 1) // 2
+                again = np.asarray(sections[middle])
+                if not np.array_equal(shown, again, equal_nan=shown.dtype.kind in "fc"):
+                    raise FuzzDefect("the frame cache and the sections differ")
+        finally:
+            if image.cache is not None:
+                image.cache.close()
+            image.handle.close()
+    except (ValueError, OSError) as exc:
+        failure = exc
+    out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=Path(path).parent))
+    try:
+        target = out_dir / "out.mrcz"
+        try:
+            out = convert(path, target)
+        except BaseException as exc:
+            raise FuzzDefect(f"convert raised {type(exc).__name__}: {exc}") from exc
+        left = sorted(p.name for p in out_dir.iterdir())
+        if out.status != "done":
+            if path not in out.reason:
+                raise FuzzDefect(f"convert {out.status} without naming the folder: {out.reason}")
+            if left:
+                raise FuzzDefect(f"convert {out.status} and left {left}")
+            if failure is None and out.status == "failed":
+                raise FuzzDefect(f"the folder reads, but convert failed: {out.reason}")
+        else:
+            if failure is not None:
+                raise FuzzDefect(f"convert wrote what the reader refuses ({failure})")
+            if left != ["out.mrcz"]:
+                raise FuzzDefect(f"convert left {left}")
+            written = open_image(target)
+            try:
+                back = source_sections(written)
+                if len(back) != len(read):
+                    raise FuzzDefect(f"convert wrote {len(back)} sections of {len(read)}")
+                for i, section in enumerate(read):
+                    again = np.asarray(back[i])
+                    if section is not None and not np.array_equal(
+                            again, section.astype(again.dtype), equal_nan=again.dtype.kind in "fc"):
+                        raise FuzzDefect(f"convert wrote section {i} unlike what was read")
+            finally:
+                written.handle.close()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if failure is not None:
+        raise failure
 
 
 # ---------------------------------------------------------------------------
 # The child: reads cases, one per line
 # ---------------------------------------------------------------------------
+def folder_size(path: str) -> int:
+    """Bytes of every file under a folder."""
+    return sum(os.path.getsize(os.path.join(here, name))
+               for here, _, names in os.walk(path) for name in names)
+
+
 def run_case(path: str) -> None:
     """Read one file every way a user would (raises what the readers raise)."""
     import numpy as np
@@ -215,6 +820,9 @@ def run_case(path: str) -> None:
     from napari_mrcz import codec
     from napari_mrcz._reader import read_layers
 
+    if os.path.isdir(path):
+        run_zarr_case(path)
+        return
     if path.lower().endswith((".dm3", ".dm4")):
         dm = codec.readDM4(path)
         for image in dm.im:
@@ -268,7 +876,7 @@ def child(memory: int, alloc: int, warm: list[str], reader: str = READER) -> Non
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         path = json.loads(line)["path"]
-        size = os.path.getsize(path)
+        size = folder_size(path) if os.path.isdir(path) else os.path.getsize(path)
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         result: dict = {"ok": True}
@@ -351,7 +959,8 @@ def warm_files(seeds: list[Seed]) -> list[str]:
 
 def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memory: int = 3 << 30,
          alloc: int = 256 << 20, keep: Path | None = None, data: Path = DATA,
-         progress: bool = False, startup: float = 600.0, reader: str = READER) -> tuple[int, list[Defect]]:
+         progress: bool = False, startup: float = 600.0, reader: str = READER,
+         inputs: str = "files") -> tuple[int, list[Defect]]:
     """Run ``cases`` cases of run ``seed``; returns the number run and the defects.
 
     ``timeout`` is what one case may take in a warmed-up child. A case that
@@ -361,13 +970,24 @@ def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memo
     bounds a child's start and warm-up. ``reader`` (``module:function``)
     reads a case in the children (default: every way a user would). Each defect's input is copied into
     ``keep`` (default: a folder named ``fuzz-defects`` in the current
-    directory, made only when needed).
+    directory, made only when needed). ``inputs``: ``'files'`` (every file
+    under ``data``, and two with extended headers made here), ``'zarr'``
+    (OME-Zarr folders made here, :func:`write_zarr_seeds`) or ``'all'``.
     """
-    seeds = load_seeds(data)
-    if not seeds:
+    if inputs not in ("files", "zarr", "all"):
+        raise ValueError(f"inputs must be 'files', 'zarr' or 'all', not {inputs!r}")
+    seeds: list = load_seeds(data) if inputs != "zarr" else []
+    if inputs != "zarr" and not seeds:
         raise FileNotFoundError(f"no seed files under {data}")
     work = Path(tempfile.mkdtemp(prefix="mrcz-fuzz-"))
-    seeds += load_seeds(write_extended_seeds(work / "seeds"))
+    try:
+        if inputs != "zarr":
+            seeds += load_seeds(write_extended_seeds(work / "seeds"))
+        if inputs != "files":
+            seeds += write_zarr_seeds(work / "zarr-seeds", data)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     warm = warm_files(seeds)
     keep = Path(keep or "fuzz-defects")
     defects: list[Defect] = []
@@ -377,9 +997,7 @@ def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memo
 
     def record(case: tuple, why: str) -> None:
         path, source, mutations, i = case
-        keep.mkdir(parents=True, exist_ok=True)
-        kept = keep / path.name
-        shutil.copyfile(path, kept)
+        kept = keep_case(path, keep)
         defects.append(Defect(i, source.path.name, mutations, why, str(kept)))
 
     def launch(worker: Worker) -> None:
@@ -410,7 +1028,7 @@ def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memo
             record(case, f"crash ({signal.Signals(-code).name if code < 0 else f'exit {code}'})")
         elif not result["ok"]:
             record(case, result["why"])
-        case[0].unlink(missing_ok=True)
+        remove_case(case[0])
         done += 0 if again else 1
         if progress and done % 1000 == 0:
             print(f"{done} cases, {len(defects)} defects, {done / (time.monotonic() - t0):.0f}/s",
@@ -478,7 +1096,7 @@ def fuzz(cases: int, seed: int, *, workers: int = 2, timeout: float = 20.0, memo
                     finish(alone, json.loads(line) if line else None, again=True)
                 elif time.monotonic() - alone.started > timeout:
                     record(case, f"hang (more than {timeout:.0f} s among {workers} workers, and again alone)")
-                    case[0].unlink(missing_ok=True)
+                    remove_case(case[0])
                     alone.case = None
             retire(alone)
     finally:
@@ -498,6 +1116,8 @@ def main() -> None:
     ap.add_argument("--alloc", type=int, default=256 << 20,
                     help="peak allocation allowed beyond 64 x the file's size (bytes)")
     ap.add_argument("--keep", type=Path, default=Path("fuzz-defects"), help="where defects' inputs go")
+    ap.add_argument("--inputs", choices=("files", "zarr", "all"), default="all",
+                    help="mutate files (MRC, MRCZ, DM), OME-Zarr folders, or both")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--warm", nargs="*", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--reader", default=READER, help=argparse.SUPPRESS)
@@ -506,10 +1126,11 @@ def main() -> None:
         child(args.memory, args.alloc, args.warm, args.reader)
         return
     seed = random.SystemRandom().randrange(1 << 31) if args.seed == "random" else int(args.seed)
-    print(f"fuzzing: {args.cases} cases, seed {seed}, {args.workers} workers, seeds from {DATA}", flush=True)
+    print(f"fuzzing: {args.cases} cases, seed {seed}, {args.workers} workers, {args.inputs} inputs, "
+          f"seeds from {DATA}", flush=True)
     t0 = time.monotonic()
     done, defects = fuzz(args.cases, seed, workers=args.workers, timeout=args.timeout, memory=args.memory,
-                         alloc=args.alloc, keep=args.keep, progress=True)
+                         alloc=args.alloc, keep=args.keep, progress=True, inputs=args.inputs)
     for d in defects:
         print(f"DEFECT case {d.case} ({d.seed_file}; {', '.join(d.mutations)}): {d.why}\n  kept: {d.kept}")
     print(f"{done} cases in {time.monotonic() - t0:.0f} s, seed {seed}: {len(defects)} defects")

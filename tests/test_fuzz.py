@@ -1,4 +1,4 @@
-"""A fixed-seed fuzz run over every shared file: hostile input gives a clean error, nothing else.
+"""Fixed-seed fuzz runs over every shared file, and over OME-Zarr folders: a clean error, nothing else.
 
 ``make fuzz N=200000`` runs the same fuzzer longer, with a random seed.
 """
@@ -11,21 +11,37 @@ import numpy as np
 import pytest
 
 from napari_mrcz import codec
+from napari_mrcz.codec.ome_zarr import have_zarr
 
 from .conftest import data_path
 from .fuzzer import fuzz
 
+#: OME-Zarr cases of the fixed-seed run: 55-60 s on two busy cores.
+ZARR_CASES = 1000
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fuzzer watches its children through "
                                 "selectors on pipes, which Windows' select() cannot wait on")
+
+
+def _report(defects) -> str:
+    return "\n".join(f"case {d.case} ({d.seed_file}; {', '.join(d.mutations)}): {d.why} [{d.kept}]"
+                     for d in defects)
 
 
 def test_3000_mutated_files_read_or_fail_cleanly(tmp_path):
     data_path()  # the seeds are the shared files
     done, defects = fuzz(3000, seed=20261124, workers=2, keep=tmp_path / "defects")
     assert done == 3000
-    report = "\n".join(f"case {d.case} ({d.seed_file}; {', '.join(d.mutations)}): {d.why} [{d.kept}]"
-                       for d in defects)
-    assert not defects, f"{len(defects)} defects:\n{report}"
+    assert not defects, f"{len(defects)} defects:\n{_report(defects)}"
+
+
+@pytest.mark.skipif(not have_zarr(), reason="OME-Zarr sources need zarr-python 3 (the zarr extra)")
+def test_mutated_ome_zarr_folders_read_or_fail_cleanly(tmp_path):
+    # seeds: NGFF 0.5 and 0.4 folders of ours (a 2D image, volumes of 2 levels, labels, movies) and two
+    # of zarr-python's; a case damages their JSON and their chunks and shards (see tests/fuzzer.py)
+    data_path()
+    done, defects = fuzz(ZARR_CASES, seed=20261125, workers=2, keep=tmp_path / "defects", inputs="zarr")
+    assert done == ZARR_CASES
+    assert not defects, f"{len(defects)} defects:\n{_report(defects)}"
 
 
 def test_a_hang_is_caught_but_a_slow_start_or_a_busy_moment_is_not(tmp_path):
