@@ -404,8 +404,9 @@ def source_size(path: str | os.PathLike) -> int:
         return int(remote_version(os.fspath(path))["size"])
     if not os.path.isdir(path):
         return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(here, name))
-               for here, _, names in os.walk(path) for name in names)
+    from .zarr_source import folder_size
+
+    return folder_size(path)
 
 
 def zarr_target_name(name: str) -> str:

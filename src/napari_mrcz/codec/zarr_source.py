@@ -29,7 +29,7 @@ from .lazy import FrameCache
 from .source import DEFAULT_SAVE_CLEVEL, DEFAULT_SAVE_COMPRESSOR, ImageSource
 from .zarr_guard import ZarrSourceError, check_sizes, checked_array, open_store, reading
 
-__all__ = ["ZarrSourceError", "is_zarr", "open_zarr_image"]
+__all__ = ["ZarrSourceError", "folder_size", "is_zarr", "open_zarr_image"]
 
 #: Å per NGFF length unit.
 _ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1.0e4, "picometer": 0.01,
@@ -38,6 +38,12 @@ _ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1.0e4, "picometer
 #: Sections read from the store at once, at most (a slab as deep as level 0's chunks, kept for the
 #: sections that follow): a chunk 128 sections deep is decoded once for them all, not once a section.
 SLAB_BYTES = 64 << 20
+
+
+def folder_size(path: str | os.PathLike) -> int:
+    """Bytes of every file under the folder ``path`` (an OME-Zarr's size on disk)."""
+    return sum(os.path.getsize(os.path.join(here, name))
+               for here, _, names in os.walk(path) for name in names)
 
 
 def is_zarr(path: str | os.PathLike) -> bool:
@@ -379,7 +385,7 @@ def open_zarr_image(path: str | os.PathLike) -> ImageSource:
         units.append("" if labels[-1] == "frame" else unit_k)
     _kept_axes(record, labels, units, scale, ignored)
     with reading(path, "its size cannot be read"):
-        size = sum(os.path.getsize(os.path.join(here, n)) for here, _, names in os.walk(path) for n in names)
+        size = folder_size(path)
     shape = tuple(int(s) for s in array.shape)
     meta = dict(record.get("meta") or {})
     mrcz = {
