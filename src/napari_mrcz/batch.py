@@ -32,6 +32,7 @@ from .codec.convert import (
     source_size,
     target_name,
     zarr_done,
+    zarr_skip,
     zarr_target_name,
 )
 from .codec.remote import file_name, is_url, shown
@@ -339,11 +340,10 @@ class _Work:
         options = self.options
         self._started[k] = time.perf_counter()
         try:
-            omz.remove_leftovers(job.target)
-            if not options["overwrite"] and zarr_done(job.source, job.target, options["keepbits"],
-                                                      options["max_error"], options["ngff"]):
-                self.outcomes[k] = Outcome(str(job.source), str(job.target), "skipped", "", job.nbytes,
-                                           source_size(job.target))
+            done = zarr_skip(job.source, job.target, options["overwrite"], options["keepbits"],
+                             options["max_error"], options["ngff"])
+            if done is not None:
+                self.outcomes[k] = Outcome(str(job.source), str(job.target), "skipped", "", job.nbytes, done)
                 return None
             opened = open_image(job.source)
             try:

@@ -317,14 +317,12 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, *, compressed:
     try:
         out.bytes_in = source_size(source)
         if ome_zarr:
-            from . import ome_zarr as omz
-
             if remote_target:
                 raise ValueError(f"{out.target}: OME-Zarr output is written to a folder on disk, not to "
                                  "a URL")
-            omz.remove_leftovers(target)
-            if not overwrite and zarr_done(source, target, keepbits, max_error, ngff):
-                out.status, out.bytes_out = "skipped", source_size(target)
+            done = zarr_skip(source, target, overwrite, keepbits, max_error, ngff)
+            if done is not None:
+                out.status, out.bytes_out = "skipped", done
                 return out
         else:
             if not remote_target:
@@ -467,6 +465,20 @@ def zarr_done(source: str | os.PathLike, target: str | os.PathLike, keepbits: in
     if keepbits == "auto":
         return isinstance(bits, list) and got.get("max_error") == max_error
     return bits == keepbits
+
+
+def zarr_skip(source: str | os.PathLike, target: str | os.PathLike, overwrite: bool,
+              keepbits: int | str | None, max_error: float, ngff: str) -> int | None:
+    """Remove what an interrupted run left for the OME-Zarr ``target``; its size if it is done already.
+
+    ``None``: it is to be written (``overwrite``, or :func:`zarr_done` says no).
+    """
+    from .ome_zarr import remove_leftovers
+
+    remove_leftovers(target)
+    if overwrite or not zarr_done(source, target, keepbits, max_error, ngff):
+        return None
+    return source_size(target)
 
 
 def _origin(opened: ImageSource, size: list[float]) -> tuple[float, float, float] | None:
