@@ -109,15 +109,25 @@ def start_proxy(upstream: int, link: Link) -> tuple[http.server.ThreadingHTTPSer
             pass
 
     port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 1024  # a real server's backlog, not http.server's 5
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, port
 
 
 def start_range_server(folder: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "RangeHTTPServer", "--bind", "127.0.0.1", str(port)],
+    # RangeHTTPServer's handler on a server with a listen backlog as a real one has (http.server's is 5:
+    # the proxy's many concurrent connections would wait for SYN retries, a second each).
+    serve = ("import http.server, sys, RangeHTTPServer\n"
+             "class Server(http.server.ThreadingHTTPServer):\n"
+             "    request_queue_size = 1024\n"
+             "    daemon_threads = True\n"
+             "Server(('127.0.0.1', int(sys.argv[1])), RangeHTTPServer.RangeRequestHandler).serve_forever()\n")
+    process = subprocess.Popen([sys.executable, "-c", serve, str(port)],
                                cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:

@@ -146,3 +146,39 @@ def test_damaged_frames_are_reported_when_shown(tmp_path, rng):
     np.testing.assert_array_equal(lazy[3], data[3])
     with pytest.raises(codec.MRCFileError, match="z-section 2"):
         lazy[2]
+
+
+def test_a_frame_being_prefetched_over_the_network_is_waited_for_not_read_twice(rng):
+    data = make_stack(rng, "float32", shape=(6, 5, 5))
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow(i: int) -> np.ndarray:  # a transfer in flight
+        calls.append(i)
+        if i == 0:
+            started.set()
+            release.wait(10)
+        return data[i].copy()
+
+    cache = FrameCache(slow, 6, wait_for_prefetch=True)
+    try:
+        cache.warm([0])
+        assert started.wait(10)
+        threading.Timer(0.2, release.set).start()
+        np.testing.assert_array_equal(cache.get(0), data[0])
+        assert calls.count(0) == 1 and cache.misses == 0
+    finally:
+        cache.close()
+
+
+def test_a_failed_prefetch_is_raised_by_the_read_that_asks_for_the_frame(rng):
+    def broken(i: int) -> np.ndarray:
+        raise codec.MRCFileError("movie.mrcz", f"z-section {i}: damaged")
+
+    cache = FrameCache(broken, 3, wait_for_prefetch=True)
+    try:
+        cache.warm([1])
+        with pytest.raises(codec.MRCFileError, match="z-section 1"):
+            cache.get(1)
+    finally:
+        cache.close()

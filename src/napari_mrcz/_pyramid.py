@@ -31,6 +31,10 @@ from .codec.source import ImageSource
 #: longer where a refresh is slow, so that redrawing never takes more than a fifth of the time.
 REFRESH_S = 1.0
 
+#: Shortest time between two updates of a fill's progress bar: each repaints the window, a 3D canvas
+#: too (drawn in software, that costs as much as binning many frames).
+PROGRESS_S = 0.25
+
 #: The fills under way, by the id of the level arrays a layer holds.
 _FILLS: dict[int, LevelFill] = {}
 #: Fills whose worker thread may still run (stopped and waited for at exit).
@@ -76,21 +80,26 @@ class LevelFill:
         self.worker: Any = None
         self.progress: Any = None  # napari's progress bar, while the worker runs
         self._layer: weakref.ref | None = None
-        self._last_refresh = 0.0
+        self._last_refresh = self._last_progress = 0.0
         self._interval = REFRESH_S
 
     # -- the background pass ------------------------------------------------
     def _frames(self) -> Any:
-        if self.cached and self.entry.verified():
+        try:
+            if self.cached and self.entry.verified():
+                self.complete = True
+                return
+            self.rebuilt = self.cached  # damaged (or new): built again, in these very files
+            if self.factor is None:
+                yield from fill_entry_steps(self.entry, self.read_frame, self.source.shape)
+            else:
+                yield from fill_frames_steps(self.entry, self.read_frame, self.source.shape[0], self.factor)
+            self.cache.evict(keep=self.entry.folder)
             self.complete = True
-            return
-        self.rebuilt = self.cached  # damaged (or new): built again, in these very files
-        if self.factor is None:
-            yield from fill_entry_steps(self.entry, self.read_frame, self.source.shape)
-        else:
-            yield from fill_frames_steps(self.entry, self.read_frame, self.source.shape[0], self.factor)
-        self.cache.evict(keep=self.entry.folder)
-        self.complete = True
+        finally:  # ended, failed or cancelled: a read-ahead's sections in flight are dropped
+            close = getattr(self.read_frame, "close", None)
+            if close is not None:
+                close()
 
     def start(self) -> None:
         """Start checking, or filling, in napari's thread worker.
@@ -136,8 +145,11 @@ class LevelFill:
         self.done = done
         if self.progress.is_canceled:  # the Cancel button: stops at the next frame
             self.cancel()
-        self.progress.increment_with_overflow()
-        if time.monotonic() - self._last_refresh >= self._interval:
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_S:  # each update repaints the window, 3D canvas too
+            self.progress.update(done - self.progress.n)
+            self._last_progress = now
+        if now - self._last_refresh >= self._interval:
             self._refresh()
 
     def _on_finished(self) -> None:

@@ -27,6 +27,7 @@ from .codec.export import is_labels, source_sections
 from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels, stack_3d_factor
 from .codec.lazy import LazyCast, LazyStack, LazyVolumes
 from .codec.pyramid import COARSEST_BYTES
+from .codec.read_ahead import ReadAhead
 from .codec.remote import file_name, shown
 from .codec.source import ImageSource, open_image
 
@@ -105,6 +106,8 @@ def layer_data(source: ImageSource) -> list[LayerData]:
         scale, units, labels = [1.0, *scale], ["", *units], ["row", *labels]
     if source.remote is not None:  # the widget shows what was fetched of it
         source.mrcz["remote"] = source.remote
+        if source.cache is not None:  # napari slices a new layer at frame 0 before its middle one:
+            source.cache.warm([0])  # fetched beside the middle one (contrast, below), not after it
     base = {"scale": scale, "units": _units(units), "axis_labels": labels,
             "metadata": {"mrcz": source.mrcz}}
     if source.rgb:
@@ -172,8 +175,15 @@ def labels_data(data: Any) -> Any:
 
 
 def _levels(source: ImageSource, full: Any) -> list[Any] | None:
-    """All levels of a layer that gets coarse ones (a volume's pyramid, or its frames'), else ``None``."""
-    if wants_pyramid(source):
+    """All levels of a layer that gets coarse ones (a volume's pyramid, or its frames'), else ``None``.
+
+    A volume at a URL gets its frames' levels, as a movie does: in 2D a plane
+    shown (binned in y and x if zoomed out) fetches that plane only, and the
+    level drawn in 3D is filled (over the network) when the viewer shows 3D. A
+    volume's pyramid, binned in z too, fills as soon as the file opens: its
+    2D levels are not there before that.
+    """
+    if wants_pyramid(source) and source.remote is None:
         return _volume_levels(source, full)
     coarse = _frame_levels(source)
     return None if coarse is None else [full, *coarse]
@@ -183,11 +193,16 @@ def _fill(source: ImageSource, viewer: Any, factor: int | None = None) -> LevelF
     """A background pass to fill coarse levels (see :class:`LevelFill`), wired to ``viewer``.
 
     It reads the file, not the viewer's frame cache, with one decoder thread,
-    so that the viewer's own drawing keeps the other core. ``None``, with a
+    so that the viewer's own drawing keeps the other core; a URL's sections
+    are read ahead, several at a time (:class:`ReadAhead`). ``None``, with a
     warning, where the cache has no room (a read-only or full cache folder).
     """
+    read: Any = source_sections(source, n_threads=1).__getitem__
+    if source.remote is not None:  # a round trip a section: several in flight, to fill the link
+        section_bytes = int(np.prod(source.shape[1:])) * np.dtype(source.dtype).itemsize
+        read = ReadAhead(read, source.shape[0], section_bytes)
     try:
-        fill = LevelFill(source, source_sections(source, n_threads=1).__getitem__, factor=factor)
+        fill = LevelFill(source, read, factor=factor)
     except OSError as exc:
         warnings.warn(f"{shown(source.path)}: opened without coarse levels for 3D ({exc})", stacklevel=4)
         return None
@@ -215,8 +230,10 @@ def _frame_levels(source: ImageSource) -> list[Any] | None:
     if not factors:
         return None
     if source.cache is not None:  # decoded frames: binned from the viewer's if it has them
-        frames = FrameLevels(source.cache.read_through, source.cache.n, frame_shape, keep=source.cache.get,
-                             factors=factors)
+        # A URL's full frames are kept (and prefetched) as they are binned: fetched once, whatever level.
+        remote = source.remote is not None
+        frames = FrameLevels(source.cache.get if remote else source.cache.read_through, source.cache.n,
+                             frame_shape, keep=source.cache.get, factors=factors, wait_for_prefetch=remote)
     else:  # mapped frames: whole ones read from the file (the map's pages would stay resident), boxes mapped
         sections = source_sections(source)
         keep = source.data.__getitem__ if len(source.shape) == 3 else (lambda i: source.data)

@@ -105,16 +105,18 @@ class FrameLevels:
         ``frame``.
     factors
         The levels' binning factors (default: :func:`plan_frame_levels`'s).
+    wait_for_prefetch
+        As :class:`~.lazy.FrameCache`'s: for frames fetched over the network.
     """
 
     def __init__(self, frame: Callable[[int], np.ndarray], n: int, frame_shape: tuple[int, int],
                  budget: FrameBudget | None = None, keep: Callable[[int], np.ndarray] | None = None,
-                 factors: list[int] | None = None) -> None:
+                 factors: list[int] | None = None, wait_for_prefetch: bool = False) -> None:
         self.frame_shape = tuple(frame_shape)
         self.factors = plan_frame_levels(self.frame_shape) if factors is None else list(factors)
         self.shapes = [(binned_size(frame_shape[0], f), binned_size(frame_shape[1], f)) for f in self.factors]
-        self.caches = [FrameCache(lambda i, f=f: bin_frame(frame(i), f), n, budget=budget)
-                       for f in self.factors]
+        self.caches = [FrameCache(lambda i, f=f: bin_frame(frame(i), f), n, budget=budget,
+                                  wait_for_prefetch=wait_for_prefetch) for f in self.factors]
         self._keep = keep or frame
 
     def _region(self, k: int, i: int, box: tuple[slice, ...]) -> np.ndarray:

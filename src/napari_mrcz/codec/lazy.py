@@ -12,13 +12,14 @@ No napari imports here.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -111,11 +112,17 @@ class FrameCache:
     budget
         The memory budget this cache's frames count against (default: the one
         all open files share, :data:`SHARED_BUDGET`).
+    wait_for_prefetch
+        Whether a frame asked for while its prefetch is under way waits for
+        it. For frames fetched over the network (the prefetch is a transfer
+        in flight: reading again would fetch the bytes twice); not for frames
+        decoded from a local file, whose prefetch runs at idle priority.
     """
 
     def __init__(self, read: Callable[[int], np.ndarray], n: int, prefetch: int = 2,
-                 budget: FrameBudget | None = None) -> None:
+                 budget: FrameBudget | None = None, wait_for_prefetch: bool = False) -> None:
         self._read, self.n, self.prefetch = read, n, prefetch
+        self.wait_for_prefetch = wait_for_prefetch
         self.budget = budget if budget is not None else SHARED_BUDGET
         self.token = next(_tokens)
         weakref.finalize(self, self.budget.forget, self.token)  # a layer dropped unclosed frees its share
@@ -137,8 +144,12 @@ class FrameCache:
         if frame is not None:
             self.budget.touch(self, i)
         if frame is None:
-            # A prefetch still under way runs at idle priority: never wait for it.
-            if pending is not None and pending.done() and pending.result() is not None:
+            if pending is not None and self.wait_for_prefetch:
+                with contextlib.suppress(CancelledError):
+                    pending.result()  # a failure in it returned None: read again below, where it is raised
+            # A local prefetch still under way runs at idle priority: never wait for it.
+            if pending is not None and pending.done() and not pending.cancelled() and \
+                    pending.result() is not None:
                 frame = pending.result()
             else:
                 if pending is not None:
@@ -173,12 +184,24 @@ class FrameCache:
         with self._lock:
             self._frames.pop(i, None)
 
+    def warm(self, frames: list[int]) -> None:
+        """Read ``frames`` in the background, into the cache (what will be asked for next).
+
+        Parameters
+        ----------
+        frames
+            Frame indices; those cached or under way already are left alone.
+        """
+        self._prefetch([j for j in frames if 0 <= j < self.n])
+
     def _schedule(self, i: int) -> None:
         """Prefetch ahead in the direction of travel; a jump (a slider drag) prefetches nothing."""
         step, self._last = i - self._last, i
         if self.prefetch <= 0 or step not in (1, -1):
             return
-        wanted = [j for j in (i + step * k for k in range(1, self.prefetch + 1)) if 0 <= j < self.n]
+        self._prefetch([j for j in (i + step * k for k in range(1, self.prefetch + 1)) if 0 <= j < self.n])
+
+    def _prefetch(self, wanted: list[int]) -> None:
         with self._lock:
             todo = [j for j in wanted if j not in self._frames and j not in self._pending]
             if not todo:

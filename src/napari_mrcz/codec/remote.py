@@ -10,7 +10,9 @@ a URL as they read a file on disk, without knowing the difference.
 of :data:`BLOCK` (64 KiB), plus a bounded read-ahead (at most
 :data:`READ_AHEAD`, 4 MiB) when reads follow one another through the file.
 Blocks are kept in a least-recently-used cache of :data:`CACHE_BYTES` (64 MiB)
-per open file. A read of many blocks goes out as several ranges of at most
+per open file: those of reads up to :data:`KEEP_WHOLE` (1 MiB) and the read-ahead;
+of a larger read (a frame, whose decoded copy is what a viewer keeps), only the
+first and last blocks, which its neighbours share. A read of many blocks goes out as several ranges of at most
 :data:`PIECE` (4 MiB), :data:`CONCURRENT` at a time, to fill the link. The
 first request, at open, asks for the first block: its answer gives the size,
 the version (ETag, Last-Modified) and the header in one round trip.
@@ -66,6 +68,8 @@ REMOTE_EXTRA = 'pip install ".[remote]" in a napari-mrcz checkout'
 BLOCK = 1 << 16
 #: Blocks kept per open file (least recently used go first).
 CACHE_BYTES = 64 << 20
+#: Reads up to this size are kept whole in the block cache; of larger ones, the first and last blocks.
+KEEP_WHOLE = 1 << 20
 #: At most this many bytes are fetched past a read that follows the previous one.
 READ_AHEAD = 4 << 20
 #: A read of many blocks is fetched as ranges of at most this size ...
@@ -715,8 +719,9 @@ class RemoteFile:
         final = min((end + ahead - 1) // BLOCK, (self.size - 1) // BLOCK)
         with self._lock:
             beyond = [b for b in range(last + 1, final + 1) if b not in self._blocks]
-        # A read larger than a quarter of the cache would only push everything else out: keep its ends.
-        keep_all = (last - first + 1) * BLOCK <= CACHE_BYTES // 4
+        # A large read (a frame: its decoded copy is what a viewer keeps) would only push the small
+        # ones out, and copying it into blocks costs as much as its transfer: only its ends are kept.
+        keep_all = (last - first + 1) * BLOCK <= KEEP_WHOLE
         pieces = _pieces(missing + beyond, self.size)
         for batch in range(0, len(pieces), CONCURRENT):
             some = pieces[batch:batch + CONCURRENT]

@@ -185,7 +185,8 @@ def _open_mrc(path: str) -> ImageSource:
     if isinstance(mapped, np.memmap) and h.slices <= 1:
         return ImageSource(data=mapped, **spatial, **common)
     # One decoder thread per frame: the viewer's own drawing needs the other core.
-    cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0], nz)
+    # A URL's frame being prefetched is a transfer in flight: waited for, not fetched twice.
+    cache = FrameCache(lambda i: stack.read(i, i + 1, n_threads=1)[0], nz, wait_for_prefetch=is_url(path))
     return ImageSource(cache=cache, **spatial, **common)
 
 
