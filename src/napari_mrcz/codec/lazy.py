@@ -115,8 +115,9 @@ class FrameCache:
     wait_for_prefetch
         Whether a frame asked for while its prefetch is under way waits for
         it. For frames fetched over the network (the prefetch is a transfer
-        in flight: reading again would fetch the bytes twice); not for frames
-        decoded from a local file, whose prefetch runs at idle priority.
+        in flight: reading again would fetch the bytes twice; it then runs at
+        normal priority); not for frames decoded from a local file, whose
+        prefetch runs at idle priority.
     """
 
     def __init__(self, read: Callable[[int], np.ndarray], n: int, prefetch: int = 2,
@@ -207,8 +208,11 @@ class FrameCache:
             if not todo:
                 return
             if self._pool is None:
+                # Waited for (frames over the network): at normal priority, or the viewer would wait
+                # on a thread that any busy process starves.
+                priority = None if self.wait_for_prefetch else _idle_priority
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrcz-prefetch",
-                                                initializer=_idle_priority)
+                                                initializer=priority)
             for j in todo:
                 self._pending[j] = self._pool.submit(self._quiet_load, j)
 
