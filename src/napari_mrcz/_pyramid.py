@@ -33,7 +33,7 @@ REFRESH_S = 1.0
 
 #: Shortest time between two updates of a fill's progress bar: each repaints the window, a 3D canvas
 #: too (drawn in software, that costs as much as binning many frames).
-PROGRESS_S = 0.25
+PROGRESS_S = 1.0
 
 #: The fills under way, by the id of the level arrays a layer holds.
 _FILLS: dict[int, LevelFill] = {}
