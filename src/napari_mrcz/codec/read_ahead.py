@@ -18,8 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-#: Sections read at once, at most (the remote reader's own concurrency).
-MOST = 16
+from .remote import CONCURRENT
+
+#: Sections read at once, at most: the remote reader's own concurrency.
+MOST = CONCURRENT
 #: Decoded bytes held ahead of the pass, at most.
 BUDGET_BYTES = 64 << 20
 

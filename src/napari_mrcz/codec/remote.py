@@ -10,12 +10,13 @@ a URL as they read a file on disk, without knowing the difference.
 of :data:`BLOCK` (64 KiB), plus a bounded read-ahead (at most
 :data:`READ_AHEAD`, 4 MiB) when reads follow one another through the file.
 Blocks are kept in a least-recently-used cache of :data:`CACHE_BYTES` (64 MiB)
-per open file: those of reads up to :data:`KEEP_WHOLE` (1 MiB) and the read-ahead;
-of a larger read (a frame, whose decoded copy is what a viewer keeps), only the
-first and last blocks, which its neighbours share. A read of many blocks goes out as several ranges of at most
-:data:`PIECE` (4 MiB), :data:`CONCURRENT` at a time, to fill the link. The
-first request, at open, asks for the first block: its answer gives the size,
-the version (ETag, Last-Modified) and the header in one round trip.
+per open file: those of reads up to :data:`KEEP_WHOLE` (1 MiB) and the
+read-ahead; of a larger read (a frame, whose decoded copy is what a viewer
+keeps), only the first and last blocks, which its neighbours share. A read of
+many blocks goes out as several ranges of at most :data:`PIECE` (4 MiB),
+:data:`CONCURRENT` at a time, to fill the link. The first request, at open,
+asks for the first block: its answer gives the size, the version (ETag,
+Last-Modified) and the header in one round trip.
 
 64 KiB blocks: the reads that depend on each other (an MRCZ file's chunk
 headers, 16 bytes at the start of each chunk, walked one after the other;
