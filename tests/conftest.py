@@ -65,6 +65,17 @@ def make_stack(rng: np.random.Generator, dtype: str, shape=(3, 20, 24)) -> np.nd
     return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dt)
 
 
+def chunks_by_hand(path: Path) -> list[tuple[int, int]]:
+    """(offset, size) of each blosc chunk of a little-endian MRCZ file, from its chunk headers read here."""
+    raw = Path(path).read_bytes()
+    pos, found = 1024 + int.from_bytes(raw[92:96], "little"), []  # NSYMBT: the extended header's size
+    for _ in range(int.from_bytes(raw[8:12], "little")):
+        cbytes = int.from_bytes(raw[pos + 12:pos + 16], "little")
+        found.append((pos, cbytes))
+        pos += cbytes
+    return found
+
+
 def open_handles() -> int:
     """Files (and other handles) this process holds open: descriptors on POSIX, handles on Windows."""
     import psutil

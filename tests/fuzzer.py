@@ -1,9 +1,10 @@
 """A mutational fuzzer for every reader: damaged and hostile files must give a clean error.
 
-Every file in ``../shared/data`` is a seed, and two made here with FEI2 and
-SerialEM extended headers. A case mutates one seed (bit flips,
+Every file in ``../shared/data`` is a seed, and three made here: two with FEI2
+and SerialEM extended headers, and an MRCZ file of ours, which ends with its
+chunks' index. A case mutates one seed (bit flips,
 int32 header fields set to extremes, truncation, inserted and deleted bytes,
-MRCZ chunk-header fields, DM tag numbers; one to three of them stacked) and
+MRCZ chunk-header fields, that index, DM tag numbers; one to three of them stacked) and
 reads the result the ways a user would: ``readMRC`` or ``readDM4``, and the
 napari reader's path (``read_layers``, which opens the file and samples a frame
 for contrast, then the first and the last frame of every layer).
@@ -58,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,7 @@ class Seed:
     chunks: list[tuple[int, int]] = field(default_factory=list)  # (offset, format version)
     tag_markers: list[int] = field(default_factory=list)
     dm_version: int = 0
+    trailer: int = 0  # where the chunks' index of our MRCZ files starts (codec/chunk_trailer.py), if any
 
 
 def load_seeds(folder: Path) -> list[Seed]:
@@ -110,6 +113,8 @@ def load_seeds(folder: Path) -> list[Seed]:
                 with MRCStack(path) as stack:
                     if stack.header.is_compressed:
                         seed.chunks = [stack.chunk_span(i)[::2] for i in range(stack.shape[0])]
+                        if stack._index.loaded:
+                            seed.trailer = len(seed.data) - 8 * stack.shape[0] - 24
             except Exception:  # a broken seed is still a seed, without chunk mutations
                 pass
         seeds.append(seed)
@@ -117,7 +122,7 @@ def load_seeds(folder: Path) -> list[Seed]:
 
 
 def write_extended_seeds(folder: Path) -> Path:
-    """Small files with per-section extended headers (FEI2 by mrcfile, SerialEM per IMOD), as seeds too."""
+    """Seeds made here: per-section extended headers (FEI2 by mrcfile, SerialEM per IMOD), an MRCZ of ours."""
     import numpy as np
 
     from .seri_writer import write_serialem
@@ -128,6 +133,9 @@ def write_extended_seeds(folder: Path) -> Path:
     write_fei(folder / "fei2_tilt.mrcs", b"FEI2", data, [-30.0, -10.0, 10.0, 30.0])
     records = {"tilt": [-30.0, -10.0, 10.0, 30.0], "mag": [1000] * 4, "dose": [1.5] * 4}
     write_serialem(folder / "serialem_tilt.st", data, records, flags=1 | 8 | 32)
+    from napari_mrcz import codec
+
+    codec.writeMRC(data, folder / "ours_zstd.mrcz", compressor="zstd", meta={"a": 1})  # with its index
     return folder
 
 
@@ -151,6 +159,8 @@ def mutate(seed: Seed, rng: random.Random) -> tuple[bytes, list[str]]:
             kinds += ["chunk", "chunk", "chunk"]
         if seed.tag_markers:
             kinds += ["tag", "tag", "tag"]
+        if seed.trailer:
+            kinds += ["trailer", "trailer"]
         kind = rng.choice(kinds)
         n = len(buf)
         if kind == "flip" and n:
@@ -196,6 +206,18 @@ def mutate(seed: Seed, rng: random.Random) -> tuple[bytes, list[str]]:
                 if at < len(buf):
                     buf[at] = rng.getrandbits(8)
             done.append(f"chunk@{offset}:{choice}")
+        elif kind == "trailer":  # an end, the count or the checksum; the checksum made to agree, or not
+            nz = len(seed.chunks)
+            at = seed.trailer + 8 * rng.randrange(nz + 2)
+            if at + 8 <= len(buf):
+                old = int.from_bytes(buf[at:at + 8], "little")
+                value = rng.choice([0, 16, 1 << 63, (1 << 64) - 1, rng.getrandbits(64),
+                                    max(0, old - 16), old + 8, old + 4096])
+                _put(buf, at, "<Q", value)
+                crc_at = seed.trailer + 8 * nz + 8
+                if rng.random() < 0.5 and crc_at + 8 <= len(buf):
+                    _put(buf, crc_at, "<Q", zlib.crc32(bytes(buf[seed.trailer:seed.trailer + 8 * nz])))
+            done.append(f"trailer@{at}")
         elif kind == "tag":
             marker = rng.choice(seed.tag_markers)
             width = 8 if seed.dm_version == 4 else 4

@@ -27,8 +27,9 @@ from napari_mrcz.codec.errors import MRCFileError
 from napari_mrcz.codec.header import HEADER_BYTES, MRCHeaderWarning
 from napari_mrcz.codec.header_edit import edit_header
 from napari_mrcz.codec.journal import journal_path
+from napari_mrcz.codec.stack import MRCStack
 
-from .conftest import data_path
+from .conftest import chunks_by_hand, data_path
 
 
 def data_bytes(path: Path) -> str:
@@ -117,6 +118,9 @@ def test_json_that_fits_is_rewritten_in_place_and_json_that_does_not_rewrites_th
     assert meta["note"] == "short" and len(meta["tilt_angles"]) == 41
     np.testing.assert_array_equal(np.asarray(data), volume)
     assert data_bytes(path) == chunks, "the compressed chunks copied as they are"
+    with MRCStack(path) as stack:  # and their index after them, whose offsets count from the data
+        assert stack._index.loaded
+        assert [stack.chunk_span(i)[:2] for i in range(6)] == chunks_by_hand(path)
     assert edit_header(path, meta={"more": "x" * 10}).how == "in place", "room was left for later edits"
     assert not list(tmp_path.glob(".*")), "no temporary file or journal is left"
 

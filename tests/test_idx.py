@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mrcz
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from napari_mrcz import codec
 from napari_mrcz.codec import MRCFileError, MRCStack
 
-from .conftest import make_stack
+from .conftest import chunks_by_hand, make_stack
 
 
 @pytest.fixture(params=[None, "zstd", "lz4"])
@@ -120,6 +122,9 @@ def test_appending_to_a_compressed_file(tmp_path, rng):
     theirs, their_meta = mrcz.readMRC(str(path))
     np.testing.assert_array_equal(theirs, data)
     assert their_meta["packedBytes"] == path.stat().st_size - 1024
+    with MRCStack(path) as stack:  # the index at the end is the five chunks', not the first three's
+        assert stack._index.loaded and stack._index.complete
+        assert [stack.chunk_span(i)[:2] for i in range(5)] == chunks_by_hand(path)
 
 
 def test_appending_to_a_python_mrcz_file(tmp_path, rng):
@@ -128,6 +133,8 @@ def test_appending_to_a_python_mrcz_file(tmp_path, rng):
     mrcz.writeMRC(data[:2], path, compressor="lz4", pixelsize=[1.0, 1.0, 1.0])
     codec.writeMRC(data[2:], path, idx=2)
     np.testing.assert_array_equal(mrcz.readMRC(path)[0], data)
+    end = chunks_by_hand(path)[-1]
+    assert os.path.getsize(path) == sum(end), "their file gets no index of ours"
 
 
 def test_compressed_files_only_take_appends(tmp_path, rng):

@@ -148,37 +148,44 @@ def test_damaged_frames_are_reported_when_shown(tmp_path, rng):
         lazy[2]
 
 
-def test_a_frame_being_prefetched_over_the_network_is_waited_for_not_read_twice(rng):
+def test_frames_over_the_network_are_prefetched_two_at_a_time_and_waited_for_not_read_twice(rng):
     data = make_stack(rng, "float32", shape=(6, 5, 5))
-    started, release = threading.Event(), threading.Event()
     calls: list[int] = []
+    running, both, release = set(), threading.Event(), threading.Event()
 
-    def slow(i: int) -> np.ndarray:  # a transfer in flight
+    def transfer(i: int) -> np.ndarray:  # frames 2 and up wait on the network
         calls.append(i)
-        if i == 0:
-            started.set()
+        if i >= 2:
+            running.add(i)
+            if {2, 3} <= running:
+                both.set()
             release.wait(10)
         return data[i].copy()
 
-    cache = FrameCache(slow, 6, wait_for_prefetch=True)
+    cache = FrameCache(transfer, 6, prefetch=2, wait_for_prefetch=True)
     try:
-        cache.warm([0])
-        assert started.wait(10)
+        cache.get(0)
+        cache.get(1)  # a step forward: frames 2 and 3 prefetched
+        assert both.wait(10), "the second transfer waits for the first to end"
         threading.Timer(0.2, release.set).start()
-        np.testing.assert_array_equal(cache.get(0), data[0])
-        assert calls.count(0) == 1 and cache.misses == 0
+        np.testing.assert_array_equal(cache.get(2), data[2])  # its transfer in flight, waited for
+        assert calls.count(2) == 1 and cache.misses == 2
     finally:
+        release.set()
         cache.close()
 
 
 def test_a_failed_prefetch_is_raised_by_the_read_that_asks_for_the_frame(rng):
     def broken(i: int) -> np.ndarray:
-        raise codec.MRCFileError("movie.mrcz", f"z-section {i}: damaged")
+        if i == 2:
+            raise codec.MRCFileError("movie.mrcz", f"z-section {i}: damaged")
+        return np.zeros((2, 2), np.float32)
 
-    cache = FrameCache(broken, 3, wait_for_prefetch=True)
+    cache = FrameCache(broken, 3, prefetch=1, wait_for_prefetch=True)
     try:
-        cache.warm([1])
-        with pytest.raises(codec.MRCFileError, match="z-section 1"):
-            cache.get(1)
+        cache.get(0)
+        cache.get(1)  # frame 2 prefetched, and failing there
+        with pytest.raises(codec.MRCFileError, match="z-section 2"):
+            cache.get(2)
     finally:
         cache.close()

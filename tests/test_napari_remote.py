@@ -97,19 +97,20 @@ def test_a_remote_movie_opens_steps_and_fetches_only_the_frames_shown(viewer, qt
     assert isinstance(layer.data, LazyStack) and layer.data.shape == MOVIE_SHAPE
     assert layer.metadata["mrcz"]["source"] == url and layer.name == "movie"
     first = viewer.dims.current_step[0]  # napari shows the middle frame first
+    assert layer.visible and first > 0
     shows(qtbot, layer, movie[first])
     # Only what a local open reads: the frame shown (also the contrast sample: the header has no
-    # statistics), in the main thread, where a local file's frames are read; and frame 0, which napari
-    # slices a new layer at before the viewer moves to the middle: fetched beside it, in the background.
+    # statistics), in the main thread, where a local file's frames are read. Not frame 0, where napari
+    # slices a new layer before the viewer moves it to the middle: the layer is sliced once, there.
     assert True in reads, "the frame shown is read in the main thread, as a local file's frames are"
     cache = layer.data.cache
-    assert cache.misses == 1 and cache.cached(first) is not None and cache.cached(0) is not None
+    assert cache.misses == 1 and cache.cached(first) is not None and cache.cached(0) is None
     opened = fetched(layer, where, proxy, MOVIE)
     chunk = chunk_bytes(served / MOVIE, [first])
-    # The first block, one per chunk header on the way, the two chunks (rounded out to blocks) and
-    # the read-ahead after the shown frame's (a read that follows its chunk header: as much again).
-    two_frames = remote.BLOCK * (1 + first + 1 + 4) + 2 * chunk + chunk_bytes(served / MOVIE, [0])
-    assert opened <= two_frames, (opened, two_frames)
+    # The first block, the chunks' index at the end of the file (one block, or two it straddles), the
+    # shown frame's chunk (rounded out to blocks) and the read-ahead after it: no chunk header walked.
+    one_frame = remote.BLOCK * (1 + 2 + 2) + chunk + remote.READ_AHEAD
+    assert opened <= one_frame, (opened, one_frame)
     viewer.dims.set_current_step(0, 0)
     shows(qtbot, layer, movie[0])
     viewer.dims.set_current_step(0, 12)
@@ -120,8 +121,8 @@ def test_a_remote_movie_opens_steps_and_fetches_only_the_frames_shown(viewer, qt
     assert sent <= bound, (sent, bound)
     assert sent < size / 2, f"{sent} bytes of {size} fetched to show 3 frames of {MOVIE_SHAPE[0]}"
     if where[0] == "http":
-        # A request per chunk header (each fetched once, by the background walk or a reader), few more.
-        assert proxy[1].requests[MOVIE] <= MOVIE_SHAPE[0] + 8, proxy[1].requests
+        # The header, the index, and the three frames' chunks: no request per chunk header.
+        assert proxy[1].requests[MOVIE] <= 2 + 3 * 2, proxy[1].requests
 
 
 def test_napari_picks_the_reader_for_a_url_by_its_name_and_a_dropped_url_opens(viewer, qtbot, http_url,
@@ -145,6 +146,7 @@ def test_remote_dm_stacks_and_gzip_files_open_too(viewer, qtbot, http_url, serve
     rel = "dm/ncempy_dmTest_3D_int16_64-65-66.dm4"
     (layer,) = viewer.open(http_url + rel, plugin=PLUGIN)
     assert isinstance(layer.data, LazyStack), "a DM stack on a server is fetched frame by frame"
+    assert layer.visible
     with DMFile(served / rel) as dm:
         want = dm.read(None)
     shows(qtbot, layer, want[viewer.dims.current_step[0]])
@@ -155,6 +157,32 @@ def test_remote_dm_stacks_and_gzip_files_open_too(viewer, qtbot, http_url, serve
     np.testing.assert_array_equal(np.asarray(gz.data), codec.readMRC(str(served / rel))[0])
     stored = gz.metadata["mrcz"]["remote"]  # the stream's file, closed: what it fetched stays known
     assert stored.size == (served / rel).stat().st_size <= stored.fetched_bytes
+
+
+@pytest.mark.parametrize("kind", ["labels", "complex"])
+def test_every_kind_of_remote_layer_is_shown_once_added_having_fetched_the_shown_frame_only(
+        viewer, qtbot, proxy, served, remote_files, kind):
+    """A remote layer is made hidden (napari slices hidden layers nowhere) and shown once placed."""
+    url, faults = proxy
+    rel = f"napari/{kind}.mrcz"
+    rng = np.random.default_rng(3)
+    if kind == "labels":  # a segmentation we saved: a Labels layer
+        data = rng.integers(0, 4, size=(16, 64, 64)).astype(np.uint16)
+        codec.writeMRC(data, str(served / rel), compressor="zstd", meta={"napari_mrcz_labels": True})
+    else:  # complex: two layers (amplitude and phase) over the same frames
+        data = (rng.normal(size=(16, 64, 64)) + 1j * rng.normal(size=(16, 64, 64))).astype(np.complex64)
+        codec.writeMRC(data, str(served / rel), compressor="zstd")
+    layers = viewer.open(url + rel, plugin=PLUGIN)
+    assert [layer.visible for layer in layers] == [True] * (1 if kind == "labels" else 2)
+    first = viewer.dims.current_step[0]
+    want = data[first] if kind == "labels" else np.abs(data[first])
+    qtbot.waitUntil(lambda: np.allclose(np.asarray(layers[0]._data_view), want), timeout=20000)
+    cache = layers[0].data.cache if kind == "complex" else None
+    if cache is not None:
+        assert cache.cached(0) is None and cache.misses == 1, "the frame shown, once for both layers"
+    with MRCStack(served / rel) as stack:
+        chunk = stack.chunk_span(first)[1]
+    assert faults.sent[rel] <= remote.BLOCK * 5 + chunk + remote.READ_AHEAD
 
 
 # -- a tomogram in 3D: its binned level filled over the network, cached by URL and version --------
@@ -173,9 +201,10 @@ def test_a_remote_tomogram_shows_its_binned_level_in_3d(viewer, qtbot, where, se
     assert fill is not None and not fill.cached and fill.worker is None
     first = viewer.dims.current_step[0]
     qtbot.waitUntil(lambda: layer.loaded, timeout=20000)
+    assert layer.visible and first > 0
     if where[0] == "http":
         plane = tomogram[0].nbytes
-        assert proxy[1].sent[TOMOGRAM] <= 2 * plane + 8 * remote.BLOCK, "the planes at 0 and shown only"
+        assert proxy[1].sent[TOMOGRAM] <= plane + 4 * remote.BLOCK, "the plane shown only"
     viewer.dims.ndisplay = 3
     qtbot.waitUntil(lambda: fill.complete and fill.ended, timeout=120000)
     assert float(viewer.screenshot(canvas_only=True)[..., :3].std()) > 5, "the level is on the canvas"

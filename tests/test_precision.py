@@ -319,11 +319,18 @@ def test_the_written_check_finds_a_chunk_that_decodes_to_something_else_and_a_ch
     write_image(data, path, {}, [1.0, 1.0, 1.0], stack=False, compressed=True, check=check)
     check.on_disk(path, 4, source="src")  # as written: passes
 
-    raw = bytearray(path.read_bytes())
-    raw[-10] ^= 0x01  # one bit of the last chunk, on disk
+    good = path.read_bytes()
+    raw = bytearray(good)
+    raw[-codec.chunk_trailer.nbytes(4) - 10] ^= 0x01  # one bit of the last chunk, on disk
     path.write_bytes(bytes(raw))
     with pytest.raises(VerificationError, match="bytes on disk of section 3"):
         check.on_disk(path, 4, source="src")
+    raw = bytearray(good)
+    raw[-30] ^= 0x01  # one bit of the chunks' index after them
+    path.write_bytes(bytes(raw))
+    with pytest.raises(VerificationError, match="not the chunks' index"):
+        check.on_disk(path, 4, source="src")
+    path.write_bytes(good)
 
     wrong = WrittenCheck(True, True, Outcome("src", "dst", "failed"))
     chunk = codec.blosc_chunks.Compressor("zstd", 1, 4, data[0].nbytes, "blosc1", 1)

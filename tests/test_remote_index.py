@@ -10,8 +10,10 @@ import concurrent.futures
 import json
 import os
 import threading
+import zlib
 from pathlib import Path
 
+import mrcz
 import numpy as np
 import pytest
 
@@ -21,10 +23,11 @@ s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("RangeHTTPServer")
 
 from napari_mrcz import codec  # noqa: E402
-from napari_mrcz.codec import chunk_index, remote  # noqa: E402
+from napari_mrcz.codec import chunk_index, chunk_trailer, remote  # noqa: E402
 from napari_mrcz.codec.pyramid import PyramidCache  # noqa: E402
 from napari_mrcz.codec.stack import MRCStack  # noqa: E402
 
+from .conftest import chunks_by_hand  # noqa: E402
 from .remote_servers import BUCKET  # noqa: E402
 
 N = 40
@@ -34,6 +37,13 @@ SMALL = "index/small.mrcz"  # 40 frames of 64 x 64 random int16: chunks of 8 KiB
 MIXED = "index/mixed.mrcz"  # random and constant frames in turn: chunks of 72 KiB and of a few bytes
 CHANGING = "index/changing.mrcz"  # rewritten by the tests
 WAIT = 60  # seconds a walk of 40 headers on 127.0.0.1 never needs
+
+
+def write(data: np.ndarray, path: str, **kwargs: object) -> None:
+    """An MRCZ file as python-mrcz writes it: no chunk index of ours at its end, so its headers are walked."""
+    mrcz.writeMRC(data, path, **kwargs)
+    with MRCStack(path) as stack:
+        assert stack.size_on_disk == stack.header.data_offset + stack.header.raw["packedBytes"]
 
 
 def frames(kind: str) -> np.ndarray:
@@ -51,7 +61,7 @@ def files(served, s3_url) -> Path:
     (served / "index").mkdir(exist_ok=True)
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     for rel, kind in ((MANY, "many"), (MID, "mid"), (SMALL, "small"), (MIXED, "mixed")):
-        codec.writeMRC(frames(kind), str(served / rel), compressor="zstd", clevel=1)
+        write(frames(kind), str(served / rel), compressor="zstd", clevel=1)
         fs.pipe_file(f"{BUCKET}/{rel}", (served / rel).read_bytes())
     return served
 
@@ -241,11 +251,11 @@ def test_a_changed_file_on_http_is_walked_again_not_read_by_its_old_index(proxy,
     url, _ = proxy
     path = files / CHANGING
     old, new = frames("mixed"), permuted(frames("mixed"))
-    codec.writeMRC(old, str(path), compressor="zstd", clevel=1)
+    write(old, str(path), compressor="zstd", clevel=1)
     with MRCStack(url + CHANGING) as stack:
         walked(stack)
     mtime = path.stat().st_mtime_ns
-    codec.writeMRC(new, str(path), compressor="zstd", clevel=1)
+    write(new, str(path), compressor="zstd", clevel=1)
     assert spans(path) != spans(files / MIXED) and path.stat().st_size == (files / MIXED).stat().st_size
     # The same size and Last-Modified (a file rewritten within the second): the key is the old
     # file's, the first chunk's header is not. Then another Last-Modified: another key.
@@ -257,7 +267,7 @@ def test_a_changed_file_on_http_is_walked_again_not_read_by_its_old_index(proxy,
             assert walked(stack) == spans(path)
         with MRCStack(url + CHANGING) as stack:
             assert stack._index.loaded, "written again for the new version"
-    codec.writeMRC(old[:-1], str(path), compressor="zstd", clevel=1)  # another size
+    write(old[:-1], str(path), compressor="zstd", clevel=1)  # another size
     with MRCStack(url + CHANGING) as stack:
         assert not stack._index.loaded
         np.testing.assert_array_equal(stack.read(), old[:-1])
@@ -270,7 +280,7 @@ def test_a_changed_object_on_s3_is_walked_again_not_read_by_its_old_index(s3_url
     with MRCStack(s3_url + CHANGING) as stack:
         walked(stack)
     new = files / "index" / "changing-new.mrcz"
-    codec.writeMRC(permuted(frames("mixed")), str(new), compressor="zstd", clevel=1)
+    write(permuted(frames("mixed")), str(new), compressor="zstd", clevel=1)
     assert len(new.read_bytes()) == len(old)
     fs.pipe_file(f"{BUCKET}/{CHANGING}", new.read_bytes())  # the same size, another ETag
     with MRCStack(s3_url + CHANGING) as stack:
@@ -332,3 +342,73 @@ def test_the_pyramid_cache_does_not_take_the_saved_indexes_for_its_entries(proxy
     assert cache not in pyramids.entries()
     pyramids.evict(stale_build_s=0)
     assert saved(cache), "not evicted as a partial build"
+
+
+# -- the index our own files carry ------------------------------------------------------------------
+OURS = "index/ours.mrcz"  # MIXED's frames as napari-mrcz writes them: with their index at the end
+
+
+@pytest.fixture
+def ours(files) -> Path:
+    path = files / OURS
+    codec.writeMRC(frames("mixed"), str(path), compressor="zstd", clevel=1)
+    return path
+
+
+def trailer_of(path: Path) -> list[int] | None:
+    raw = path.read_bytes()
+    return chunk_trailer.decode(raw[-chunk_trailer.nbytes(N):], N, chunks_by_hand(path)[0][0], len(raw))
+
+
+def test_our_mrcz_files_end_with_their_index_and_python_mrcz_reads_them_unchanged(ours, files):
+    offsets = trailer_of(ours)
+    assert offsets is not None
+    assert [(a, b - a) for a, b in zip(offsets, offsets[1:], strict=False)] == chunks_by_hand(ours)
+    assert len(ours.read_bytes()) == offsets[-1] + chunk_trailer.nbytes(N)
+    theirs, _ = mrcz.readMRC(str(ours))
+    np.testing.assert_array_equal(theirs, frames("mixed"))
+    assert trailer_of(files / MIXED) is None, "python-mrcz's files have none"
+
+
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_a_far_frame_of_our_file_costs_the_header_the_index_and_its_chunk(kind, proxy, s3_url, ours, cache,
+                                                                          quiet):
+    if kind == "s3":
+        s3fs.S3FileSystem(skip_instance_cache=True).pipe_file(f"{BUCKET}/{OURS}", ours.read_bytes())
+    base = proxy[0] if kind == "http" else s3_url
+    with MRCStack(base + OURS) as stack:
+        assert stack._index.loaded and stack._index.complete and stack._index.thread is None
+        assert requests(stack) == 2, "the first block, then the index at the end"
+        np.testing.assert_array_equal(stack.read(38, 39)[0], frames("mixed")[38])
+        assert requests(stack) == 3, "frame 38: its chunk alone, no header walked"
+        assert [stack.chunk_span(i)[:2] for i in range(N)] == chunks_by_hand(ours)
+        np.testing.assert_array_equal(stack.read(), frames("mixed"))
+    assert not saved(cache), "nothing to keep: the file has its index"
+
+
+def _damage_trailer(path: Path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    at = len(raw) - chunk_trailer.nbytes(N) + 8 * 19  # the end of chunk 19 (where frame 20 starts)
+    end = int.from_bytes(raw[at:at + 8], "little")
+    if how == "appended":  # another program added bytes after it
+        raw += b"\0" * 64
+    elif how == "flipped":  # a bit of an end flipped: the checksum says so
+        raw[at] ^= 0x08
+    else:  # "forged": an end moved by 8 bytes, and the checksum made to agree
+        raw[at:at + 8] = (end + 8).to_bytes(8, "little")
+        raw[-16:-8] = zlib.crc32(raw[len(raw) - chunk_trailer.nbytes(N):-24]).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["appended", "flipped", "forged"])
+@pytest.mark.parametrize("where", ["http", "disk"])
+def test_an_index_that_does_not_fit_its_file_is_walked_instead(proxy, ours, how, where, quiet):
+    want = chunks_by_hand(ours)
+    _damage_trailer(ours, how)
+    with MRCStack(proxy[0] + OURS if where == "http" else ours) as stack:
+        # A forged index holds together: it is taken, and dropped at the first chunk that disagrees
+        # (frame 19 ends, and frame 20 starts, 8 bytes off).
+        assert stack._index.loaded is (how == "forged")
+        np.testing.assert_array_equal(stack.read(), frames("mixed"))
+        assert not stack._index.loaded
+        assert [stack.chunk_span(i)[:2] for i in range(N)] == want

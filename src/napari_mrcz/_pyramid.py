@@ -29,6 +29,9 @@ from .codec.source import ImageSource
 
 #: Shortest time between two refreshes of a filling layer (each uploads the coarsest level anew);
 #: longer where a refresh is slow, so that redrawing never takes more than a fifth of the time.
+#: What a refresh costs is mostly the repaint that follows it (a 3D volume drawn in software takes
+#: seconds, on every core): measured as the longest stall of the event loop between two planes'
+#: reports after it, up to the first report more than ``REFRESH_S`` after it.
 REFRESH_S = 1.0
 
 #: Shortest time between two updates of a fill's progress bar: each repaints the window, a 3D canvas
@@ -80,8 +83,10 @@ class LevelFill:
         self.worker: Any = None
         self.progress: Any = None  # napari's progress bar, while the worker runs
         self._layer: weakref.ref | None = None
-        self._last_refresh = self._last_progress = 0.0
+        self._last_refresh = self._last_progress = self._last_heard = 0.0
         self._interval = REFRESH_S
+        self._refresh_cost = 0.0  # of the last refresh: its own time, or the longest stall after it
+        self._watching = False  # reports after the last refresh are watched for its repaint's stall
 
     # -- the background pass ------------------------------------------------
     def _frames(self) -> Any:
@@ -138,14 +143,21 @@ class LevelFill:
         start = time.monotonic()
         if layer is not None:
             layer.refresh()
-        self._last_refresh = time.monotonic()
-        self._interval = max(REFRESH_S, 5 * (self._last_refresh - start))
+        self._last_refresh = self._last_heard = time.monotonic()
+        self._refresh_cost = self._last_refresh - start  # and the repaint it causes (_on_frame)
+        self._interval = max(REFRESH_S, 5 * self._refresh_cost)
+        self._watching = True
 
     def _on_frame(self, done: int) -> None:
         self.done = done
         if self.progress.is_canceled:  # the Cancel button: stops at the next frame
             self.cancel()
         now = time.monotonic()
+        if self._watching:  # the event loop heard nothing for so long: it repainted what the refresh changed
+            self._refresh_cost = max(self._refresh_cost, now - self._last_heard)
+            self._interval = max(self._interval, 5 * self._refresh_cost)
+            self._watching = now - self._last_refresh <= REFRESH_S  # reports queued before it come first
+        self._last_heard = now
         if now - self._last_progress >= PROGRESS_S:  # each update repaints the window, 3D canvas too
             self.progress.update(done - self.progress.n)
             self._last_progress = now
@@ -228,6 +240,31 @@ def fill_of(layer: Any) -> LevelFill | None:
 
 
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
+#: Layer data added hidden, shown once the viewer has placed the layer (by the id of the array).
+_HIDDEN: dict[int, weakref.ref] = {}
+
+
+def hidden_until_added(data: Any, viewer: Any) -> dict[str, Any]:
+    """Layer keywords that keep napari from slicing ``data`` until ``viewer`` has placed its layer.
+
+    napari slices a new layer at frame 0 when it is made, then where the
+    viewer's dims are (the middle frame, for the first layer). For a file on
+    a server, each is a transfer: so the layer is made hidden (napari does not
+    slice hidden layers) and shown when added, after the viewer has moved.
+
+    Returns
+    -------
+    dict
+        ``{"visible": False}``, to add to the layer's keywords.
+    """
+    watch(viewer)
+    _HIDDEN[id(data)] = weakref.ref(data)
+    return {"visible": False}
+
+
+def _first_array(layer: Any) -> Any:
+    data = getattr(layer, "data", None)
+    return list(data)[0] if getattr(layer, "multiscale", False) else data
 
 
 def watch(viewer: Any) -> None:
@@ -241,7 +278,11 @@ def watch(viewer: Any) -> None:
         return
     _WATCHED.add(viewer)
 
-    def inserted(event: Any) -> None:
+    def inserted(event: Any) -> None:  # after the viewer's own handler: the dims are where they go
+        first = _first_array(event.value)
+        held = _HIDDEN.pop(id(first), None)
+        if held is not None and held() is first:
+            event.value.visible = True  # sliced now, once, where the viewer shows it
         fill = fill_of(event.value)
         if fill is not None:
             fill.attach(event.value)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._pyramid import FillingStack, LevelFill, register, wants_pyramid, watch
+from ._pyramid import FillingStack, LevelFill, hidden_until_added, register, wants_pyramid, watch
 from .codec.blosc_chunks import warm
 from .codec.export import is_labels, source_sections
 from .codec.frame_levels import FrameLevels, LazyPlane, plan_frame_levels, stack_3d_factor
@@ -92,7 +92,25 @@ def _contrast(source: ImageSource, transform: Callable | None) -> list[float]:
 
 
 def layer_data(source: ImageSource) -> list[LayerData]:
-    """The ``LayerData`` tuples for one opened file."""
+    """The ``LayerData`` tuples for one opened file.
+
+    A URL's frames in a napari window: its layers are made hidden and shown
+    once added (:func:`hidden_until_added`), so that the frame shown is the
+    only one fetched, not frame 0 before it.
+    """
+    layers = _layer_data(source)
+    if source.remote is None or source.cache is None:
+        return layers
+    from napari import current_viewer
+
+    viewer = current_viewer()
+    if viewer is None:
+        return layers
+    return [(data, {**kwargs, **hidden_until_added(data[0] if kwargs.get("multiscale") else data, viewer)},
+             kind) for data, kwargs, kind in layers]
+
+
+def _layer_data(source: ImageSource) -> list[LayerData]:
     name = file_name(source.path)
     for suffix in (".gz", ".bz2"):
         name = name.removesuffix(suffix)
@@ -106,8 +124,6 @@ def layer_data(source: ImageSource) -> list[LayerData]:
         scale, units, labels = [1.0, *scale], ["", *units], ["row", *labels]
     if source.remote is not None:  # the widget shows what was fetched of it
         source.mrcz["remote"] = source.remote
-        if source.cache is not None:  # napari slices a new layer at frame 0 before its middle one:
-            source.cache.warm([0])  # fetched beside the middle one (contrast, below), not after it
     base = {"scale": scale, "units": _units(units), "axis_labels": labels,
             "metadata": {"mrcz": source.mrcz}}
     if source.rgb:

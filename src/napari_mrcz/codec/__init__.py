@@ -7,14 +7,15 @@ and use it exactly as they used ``mrcz``::
     codec.writeMRC(image, "copy.mrcz", pixelsize=meta["pixelsize"], compressor="zstd")
 
 Modules: ``header`` (the MRC2014 header), ``blosc_chunks`` (one blosc chunk
-per z-section), ``positioned`` (reads at offsets, on every system), ``remote``
-(``https://`` and ``s3://`` URLs, by Range requests), ``stack``
-(random access to z-sections), ``mrc`` (the python-mrcz functions),
-``atomic`` (safe replacement of files), ``dm_tags`` (the DM3/DM4 tag tree),
-``dm`` (DigitalMicrograph images and python-mrcz's ``readDM4``), ``binning``
-(block means), ``pyramid`` (binned levels of volumes, cached), ``errors``;
-``ioMRC`` and ``ioDM`` carry python-mrcz's module names for scripts that
-import them.
+per z-section), ``chunk_index`` and ``chunk_trailer`` (where each chunk
+starts: walked, saved, or written at the end of our files), ``positioned``
+(reads at offsets, on every system), ``remote`` (``https://`` and ``s3://``
+URLs, by Range requests), ``stack`` (random access to z-sections), ``mrc``
+(the python-mrcz functions), ``atomic`` (safe replacement of files),
+``dm_tags`` (the DM3/DM4 tag tree), ``dm`` (DigitalMicrograph images and
+python-mrcz's ``readDM4``), ``binning`` (block means), ``pyramid`` (binned
+levels of volumes, cached), ``errors``; ``ioMRC`` and ``ioDM`` carry
+python-mrcz's module names for scripts that import them.
 """
 
 from __future__ import annotations

@@ -5,9 +5,15 @@ says where chunk ``k`` starts but the 16-byte headers of the chunks before it
 (each gives its chunk's size). :class:`ChunkIndex` walks them once, lazily,
 and checks each (a blosc header of the right section size that fits in the
 file). On disk that costs microseconds a chunk; over the network a round trip
-each, so for a URL (:class:`~.remote.RemoteFile`) two things are added:
+each. So:
 
-- **A walk in the background.** After open, a daemon thread walks the headers
+- **The file's own index.** The MRCZ files napari-mrcz writes end with
+  their chunks' offsets (:mod:`.chunk_trailer`). Where the header says
+  there is one, it is read at open (one request for a URL; a file on a
+  network file system gains as much) and used if it fits the file; then
+  nothing is walked, and every chunk read is checked as below.
+- **A walk in the background**, for a URL (:class:`~.remote.RemoteFile`)
+  without its own index. After open, a daemon thread walks the headers
   to the end. Where chunks are small (:data:`SMALL_CHUNK`, a quarter of a
   cache block), headers are read through the file's block cache, whose
   read-ahead then fetches many of them in one request (and the chunks
@@ -22,7 +28,7 @@ each, so for a URL (:class:`~.remote.RemoteFile`) two things are added:
   index is the one a walk from the start gives. A failure stops the
   background walk quietly; the reader that needs the chunk meets it and
   reports it. :meth:`ChunkIndex.close` stops the thread.
-- **A persistent index.** Once complete, the index of a URL whose server
+- **A persistent index**, for a URL. Once complete, the index of a URL whose server
   names the object's version (ETag or Last-Modified) is saved as JSON in the
   user's cache folder (:func:`cache_folder`), under the URL as
   :func:`~.remote.shown` gives it (no password or signature), with its size
@@ -49,7 +55,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from . import blosc_chunks
+from . import blosc_chunks, chunk_trailer
 from .errors import MRCFileError, TruncatedFileError
 from .header import MRCHeader
 from .remote import BLOCK, RemoteFile, shown
@@ -105,7 +111,8 @@ class ChunkIndex:
     Attributes
     ----------
     loaded : bool
-        Whether the index came whole from the persistent cache.
+        Whether the index came whole from the file's trailer
+        (:mod:`.chunk_trailer`) or the persistent cache.
     thread : threading.Thread or None
         The background walk, once :meth:`start` started one.
     """
@@ -125,6 +132,7 @@ class ChunkIndex:
         self._ended = threading.Event()  # no background walk under way
         self._ended.set()
         self._compressed = header.is_compressed
+        self._packed = int(header.raw["packedBytes"]) if header.written_by == "napari-mrcz" else 0
         self._store = _Store.of(src, path, header)
         self.loaded = False
         self.thread: threading.Thread | None = None
@@ -215,7 +223,7 @@ class ChunkIndex:
         if dropped:
             if self._store is not None:
                 self._store.forget()
-            if not self._closed:
+            if not self._closed and isinstance(self._src, RemoteFile):
                 self._start_walk()
         return current == span
 
@@ -270,17 +278,22 @@ class ChunkIndex:
 
     # -- the background walk and the saved index -----------------------------------
     def start(self, walk: bool = True) -> None:
-        """For a URL: load the saved index if it is good, else (``walk``) walk the headers in the background.
+        """Take the file's own index if it has one; else for a URL, the saved one or (``walk``) a walk.
 
-        Files on disk, plain (uncompressed) files and an index already
-        complete start nothing.
+        The file's own index is its trailer (:mod:`.chunk_trailer`). Without
+        one, files on disk start nothing (their readers walk as far as they
+        read); a URL loads its saved index if it is good, else walks the
+        headers in the background. Plain (uncompressed) files and an index
+        already complete start nothing.
 
         Parameters
         ----------
         walk
             Start the background walk where no saved index was loaded.
         """
-        if not (self._compressed and isinstance(self._src, RemoteFile)) or self.complete:
+        if not self._compressed or self.complete or self._load_trailer():
+            return
+        if not isinstance(self._src, RemoteFile):
             return
         loaded = self._store.load() if self._store is not None else None
         if loaded is not None and self._agrees(*loaded):
@@ -303,6 +316,34 @@ class ChunkIndex:
                 self._ended.set()
                 return
             self.thread = thread
+
+    def _load_trailer(self) -> bool:
+        """Take the index from the file's own trailer (:mod:`.chunk_trailer`) if it has one that fits.
+
+        Asked for only in a file whose label says napari-mrcz wrote it, where
+        the header's ``packedBytes`` (the data's size) ends at the file's end:
+        then one request. The first chunk's header (its format version, taken
+        as every chunk's until a chunk says otherwise) is in the block fetched
+        at open.
+        """
+        size, data_offset = self._src.size, self._offsets[0]
+        n = chunk_trailer.nbytes(self._nz)
+        if (self._packed <= 0 or data_offset + self._packed != size or size - n < data_offset
+                or n > chunk_trailer.MAX_BYTES):
+            return False
+        try:
+            offsets = chunk_trailer.decode(bytes(self._src.pread(size - n, n)), self._nz, data_offset, size)
+            if offsets is None:
+                return False
+            version, end = self._check(0, data_offset, bytes(self._src.pread(data_offset, _HEAD)))
+        except (OSError, ValueError):  # the server failed, or no chunk there: walked instead
+            return False
+        if end != offsets[1]:
+            return False
+        with self._cond:
+            self._offsets, self._versions = offsets, [version] * self._nz
+        self.loaded = self._saved = True  # checked chunk by chunk as a saved index is; never saved
+        return True
 
     def _agrees(self, offsets: list[int], versions: list[int]) -> bool:
         """Whether the first and last chunks' headers say what a saved index says of them.

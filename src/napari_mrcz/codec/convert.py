@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from . import blosc_chunks
+from . import blosc_chunks, chunk_trailer
 from .atomic import replace, temporaries
 from .dm_tags import ArrayRef
 from .export import (
@@ -777,13 +777,14 @@ class WrittenCheck:
                 self.out.largest_error = max(self.out.largest_error, float(finite.max()))
 
     def on_disk(self, path: Path, n: int, source: str) -> None:
-        """Check the written file: its header, and its data bytes against the chunks' CRC-32s.
+        """Check the written file: its header, its data bytes against the chunks' CRC-32s, the chunks' index.
 
         Raises
         ------
         VerificationError
             A section that decoded to something else, a header that does not
-            describe ``n`` sections, or bytes on disk that are not the chunks.
+            describe ``n`` sections, bytes on disk that are not the chunks, or
+            an MRCZ file whose trailing index (:mod:`.chunk_trailer`) is not theirs.
         """
         if self.problems:
             raise VerificationError(f"{path}: section {min(self.problems)} does not decode to "
@@ -799,6 +800,10 @@ class WrittenCheck:
                 if _crc_of(f, size) != crc:
                     raise VerificationError(f"{path}: the bytes on disk of section {i} are not what was "
                                             f"written from {source}'s section {i}")
+            trailer = chunk_trailer.encode([self.crcs[i][1] for i in range(n)]) if self.compressed else b""
+            if f.read(len(trailer) + 1) != trailer:
+                raise VerificationError(f"{path}: what follows the last section is not "
+                                        + ("the chunks' index" if self.compressed else "nothing"))
 
 
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:

@@ -81,6 +81,9 @@ class FrameBudget:
 
 #: The budget every frame cache shares unless given its own.
 SHARED_BUDGET = FrameBudget()
+#: Threads prefetching a source's frames over the network (one for a local file's): while one waits
+#: on its transfer or decodes, the next frame is under way, as stepping through a movie needs.
+NETWORK_PREFETCH_THREADS = 2
 
 
 def _idle_priority() -> None:
@@ -116,8 +119,9 @@ class FrameCache:
         Whether a frame asked for while its prefetch is under way waits for
         it. For frames fetched over the network (the prefetch is a transfer
         in flight: reading again would fetch the bytes twice; it then runs at
-        normal priority); not for frames decoded from a local file, whose
-        prefetch runs at idle priority.
+        normal priority, :data:`NETWORK_PREFETCH_THREADS` frames at a time);
+        not for frames decoded from a local file, whose prefetch runs at idle
+        priority, one frame at a time.
     """
 
     def __init__(self, read: Callable[[int], np.ndarray], n: int, prefetch: int = 2,
@@ -185,16 +189,6 @@ class FrameCache:
         with self._lock:
             self._frames.pop(i, None)
 
-    def warm(self, frames: list[int]) -> None:
-        """Read ``frames`` in the background, into the cache (what will be asked for next).
-
-        Parameters
-        ----------
-        frames
-            Frame indices; those cached or under way already are left alone.
-        """
-        self._prefetch([j for j in frames if 0 <= j < self.n])
-
     def _schedule(self, i: int) -> None:
         """Prefetch ahead in the direction of travel; a jump (a slider drag) prefetches nothing."""
         step, self._last = i - self._last, i
@@ -211,7 +205,8 @@ class FrameCache:
                 # Waited for (frames over the network): at normal priority, or the viewer would wait
                 # on a thread that any busy process starves.
                 priority = None if self.wait_for_prefetch else _idle_priority
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrcz-prefetch",
+                threads = NETWORK_PREFETCH_THREADS if self.wait_for_prefetch else 1
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mrcz-prefetch",
                                                 initializer=priority)
             for j in todo:
                 self._pending[j] = self._pool.submit(self._quiet_load, j)

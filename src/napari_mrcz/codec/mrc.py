@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import blosc_chunks
+from . import blosc_chunks, chunk_trailer
 from .atomic import atomic_write
 from .errors import MRCFileError
 from .header import (
@@ -321,6 +321,8 @@ class _Stats:
         return float(lo), float(hi), float(mean.real), -1.0 if self.half else rms
 
 
+#: Bytes after an MRCZ file's chunks (our trailer) that a failed append puts back; more is not kept.
+KEEP_AFTER = 64 << 20
 #: Values summed at a time by :class:`_Stats` (float64 temporaries of this size).
 STATS_STRIP = 1 << 16
 
@@ -374,6 +376,7 @@ class _SectionWriter:
         self.compress, self.stats, self.n_threads = compress, stats, n_threads
         self.rounding, self.check = rounding, check
         self.packed_bytes = 0
+        self.chunk_sizes: list[int] = []  # of the chunks written (MRCZ), for the file's trailer
 
     def _encode(self, sections: _Sections, i: int) -> tuple[Any, np.ndarray]:
         before = None
@@ -409,6 +412,8 @@ class _SectionWriter:
         payload, section = done
         _write_fully(self.f, payload)
         self.packed_bytes += len(payload)
+        if self.compress is not None:
+            self.chunk_sizes.append(len(payload))
 
     def _write_contiguous(self, sections: _Sections, first: int, count: int) -> bool:
         """One big write when the input already is the file's bytes."""
@@ -617,6 +622,10 @@ def _write_mrc(input_image: Any, MRCfilename: str | os.PathLike, meta: dict | No
         writer = _SectionWriter(f, file_dtype, base_mode, compress, stats, nthreads, rounding,
                                 (fields or {}).get("check"))
         writer.write_all(sections, 0, nz)
+        if compress is not None:  # where each chunk is, for readers over the network (in packedBytes)
+            trailer = chunk_trailer.encode(writer.chunk_sizes)
+            _write_fully(f, trailer)
+            writer.packed_bytes += len(trailer)
         if rounding is not None:  # the bits each section kept, in the space the placeholder took
             final = _json_bytes({**meta, PRECISION_KEY: rounding.record()})
             f.seek(HEADER_BYTES)
@@ -682,6 +691,7 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
                                  f"(idx={nz}), not written at idx={idx}")
             last_offset, last_bytes, _ = stack.chunk_span(nz - 1)
             end = last_offset + last_bytes
+            old_sizes = [stack.chunk_span(k)[1] for k in range(nz)]  # for the index (below)
             fmt_backend = "blosc2" if stack.blosc_format == 2 else "blosc1"
             nthreads = blosc_chunks.threads(n_threads)
             compress = blosc_chunks.Compressor(h.compressor, clevel, h.file_dtype.itemsize,
@@ -695,7 +705,9 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
         saved_end = min(old_size, h.data_offset + min(nz, idx + count) * h.section_nbytes)
         with open(path, "rb") as f:
             f.seek(end)
-            saved = f.read(max(0, saved_end - end)) if compress is None else b""
+            # what is overwritten: plain sections, or what follows the chunks (our trailer)
+            kept = saved_end - end if compress is None else min(old_size - end, KEEP_AFTER)
+            saved = f.read(max(0, kept))
             f.seek(0)
             old_header = f.read(HEADER_BYTES)
         new_nz = max(nz, idx + count)
@@ -719,7 +731,9 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
                                     blosc_chunks.threads(n_threads))
             writer.write_all(sections, 0, count)
             if compress is not None:
-                raw["packedBytes"] = int(h.raw["packedBytes"]) + writer.packed_bytes
+                if h.written_by == "napari-mrcz":  # the index our files end with; theirs get none
+                    _write_fully(f, chunk_trailer.encode(old_sizes + writer.chunk_sizes))
+                raw["packedBytes"] = f.tell() - h.data_offset  # the chunks and their index, as written
                 f.truncate(f.tell())
             os.fsync(f.fileno())  # the data is on disk before the header that points to it
             f.seek(0)
