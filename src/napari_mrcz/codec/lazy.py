@@ -81,9 +81,6 @@ class FrameBudget:
 
 #: The budget every frame cache shares unless given its own.
 SHARED_BUDGET = FrameBudget()
-#: Threads prefetching a source's frames over the network (one for a local file's): while one waits
-#: on its transfer or decodes, the next frame is under way, as stepping through a movie needs.
-NETWORK_PREFETCH_THREADS = 2
 
 
 def _idle_priority() -> None:
@@ -119,9 +116,8 @@ class FrameCache:
         Whether a frame asked for while its prefetch is under way waits for
         it. For frames fetched over the network (the prefetch is a transfer
         in flight: reading again would fetch the bytes twice; it then runs at
-        normal priority, :data:`NETWORK_PREFETCH_THREADS` frames at a time);
-        not for frames decoded from a local file, whose prefetch runs at idle
-        priority, one frame at a time.
+        normal priority); not for frames decoded from a local file, whose
+        prefetch runs at idle priority.
     """
 
     def __init__(self, read: Callable[[int], np.ndarray], n: int, prefetch: int = 2,
@@ -205,8 +201,7 @@ class FrameCache:
                 # Waited for (frames over the network): at normal priority, or the viewer would wait
                 # on a thread that any busy process starves.
                 priority = None if self.wait_for_prefetch else _idle_priority
-                threads = NETWORK_PREFETCH_THREADS if self.wait_for_prefetch else 1
-                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mrcz-prefetch",
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrcz-prefetch",
                                                 initializer=priority)
             for j in todo:
                 self._pending[j] = self._pool.submit(self._quiet_load, j)
