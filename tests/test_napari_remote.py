@@ -185,6 +185,18 @@ def test_every_kind_of_remote_layer_is_shown_once_added_having_fetched_the_shown
     assert faults.sent[rel] <= remote.BLOCK * 5 + chunk + remote.READ_AHEAD
 
 
+def test_a_remote_layer_opened_in_a_viewer_that_is_not_the_current_one_is_shown(make_napari_viewer, qtbot,
+                                                                               http_url, remote_files):
+    from napari import current_viewer
+
+    one, other = make_napari_viewer(show=True), make_napari_viewer(show=True)
+    other.window.activate()
+    qtbot.waitUntil(lambda: current_viewer() is other, timeout=5000)
+    (layer,) = one.open(http_url + MOVIE, plugin=PLUGIN)
+    assert layer.visible
+    shows(qtbot, layer, remote_files[MOVIE][one.dims.current_step[0]])
+
+
 # -- a tomogram in 3D: its binned level filled over the network, cached by URL and version --------
 def test_a_remote_tomogram_shows_its_binned_level_in_3d(viewer, qtbot, where, served, remote_files,
                                                         proxy, monkeypatch, tmp_path):

@@ -244,20 +244,29 @@ _WATCHED: weakref.WeakSet = weakref.WeakSet()
 _HIDDEN: dict[int, weakref.ref] = {}
 
 
-def hidden_until_added(data: Any, viewer: Any) -> dict[str, Any]:
-    """Layer keywords that keep napari from slicing ``data`` until ``viewer`` has placed its layer.
+def hidden_until_added(data: Any) -> dict[str, Any]:
+    """Layer keywords that keep napari from slicing ``data`` until a viewer has placed its layer.
 
     napari slices a new layer at frame 0 when it is made, then where the
     viewer's dims are (the middle frame, for the first layer). For a file on
     a server, each is a transfer: so the layer is made hidden (napari does not
     slice hidden layers) and shown when added, after the viewer has moved.
+    Every open viewer is watched: the one the layer goes to need not be the
+    current one.
 
     Returns
     -------
     dict
-        ``{"visible": False}``, to add to the layer's keywords.
+        ``{"visible": False}`` to add to the layer's keywords; ``{}`` where
+        no viewer is open.
     """
-    watch(viewer)
+    from napari import Viewer, current_viewer
+
+    viewers = {v for v in (*getattr(Viewer, "_instances", ()), current_viewer()) if v is not None}
+    if not viewers:
+        return {}
+    for viewer in viewers:
+        watch(viewer)
     _HIDDEN[id(data)] = weakref.ref(data)
     return {"visible": False}
 

@@ -101,13 +101,8 @@ def layer_data(source: ImageSource) -> list[LayerData]:
     layers = _layer_data(source)
     if source.remote is None or source.cache is None:
         return layers
-    from napari import current_viewer
-
-    viewer = current_viewer()
-    if viewer is None:
-        return layers
-    return [(data, {**kwargs, **hidden_until_added(data[0] if kwargs.get("multiscale") else data, viewer)},
-             kind) for data, kwargs, kind in layers]
+    return [(data, {**kwargs, **hidden_until_added(data[0] if kwargs.get("multiscale") else data)}, kind)
+            for data, kwargs, kind in layers]
 
 
 def _layer_data(source: ImageSource) -> list[LayerData]:
