@@ -244,7 +244,7 @@ _WATCHED: weakref.WeakSet = weakref.WeakSet()
 _HIDDEN: dict[int, weakref.ref] = {}
 
 
-def hidden_until_added(data: Any) -> dict[str, Any]:
+def hidden_until_added(data: Any, multiscale: bool) -> dict[str, Any]:
     """Layer keywords that keep napari from slicing ``data`` until a viewer has placed its layer.
 
     napari slices a new layer at frame 0 when it is made, then where the
@@ -267,13 +267,14 @@ def hidden_until_added(data: Any) -> dict[str, Any]:
         return {}
     for viewer in viewers:
         watch(viewer)
-    _HIDDEN[id(data)] = weakref.ref(data)
+    first = _first_array(data, multiscale)
+    _HIDDEN[id(first)] = weakref.ref(first)
     return {"visible": False}
 
 
-def _first_array(layer: Any) -> Any:
-    data = getattr(layer, "data", None)
-    return list(data)[0] if getattr(layer, "multiscale", False) else data
+def _first_array(data: Any, multiscale: bool) -> Any:
+    """A layer's full-size array: ``data`` itself, or its first level."""
+    return list(data)[0] if multiscale else data
 
 
 def watch(viewer: Any) -> None:
@@ -288,7 +289,7 @@ def watch(viewer: Any) -> None:
     _WATCHED.add(viewer)
 
     def inserted(event: Any) -> None:  # after the viewer's own handler: the dims are where they go
-        first = _first_array(event.value)
+        first = _first_array(event.value.data, getattr(event.value, "multiscale", False))
         held = _HIDDEN.pop(id(first), None)
         if held is not None and held() is first:
             event.value.visible = True  # sliced now, once, where the viewer shows it

@@ -101,7 +101,7 @@ def layer_data(source: ImageSource) -> list[LayerData]:
     layers = _layer_data(source)
     if source.remote is None or source.cache is None:
         return layers
-    return [(data, {**kwargs, **hidden_until_added(data[0] if kwargs.get("multiscale") else data)}, kind)
+    return [(data, {**kwargs, **hidden_until_added(data, bool(kwargs.get("multiscale")))}, kind)
             for data, kwargs, kind in layers]
 
 

@@ -691,7 +691,8 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
                                  f"(idx={nz}), not written at idx={idx}")
             last_offset, last_bytes, _ = stack.chunk_span(nz - 1)
             end = last_offset + last_bytes
-            old_sizes = [stack.chunk_span(k)[1] for k in range(nz)]  # for the index (below)
+            # for the index our files end with (below); theirs get none
+            old_sizes = [stack.chunk_span(k)[1] for k in range(nz)] if h.written_by == "napari-mrcz" else None
             fmt_backend = "blosc2" if stack.blosc_format == 2 else "blosc1"
             nthreads = blosc_chunks.threads(n_threads)
             compress = blosc_chunks.Compressor(h.compressor, clevel, h.file_dtype.itemsize,
@@ -731,7 +732,7 @@ def _write_into(sections: _Sections, path: str, idx: int, clevel: int,
                                     blosc_chunks.threads(n_threads))
             writer.write_all(sections, 0, count)
             if compress is not None:
-                if h.written_by == "napari-mrcz":  # the index our files end with; theirs get none
+                if old_sizes is not None:
                     _write_fully(f, chunk_trailer.encode(old_sizes + writer.chunk_sizes))
                 raw["packedBytes"] = f.tell() - h.data_offset  # the chunks and their index, as written
                 f.truncate(f.tell())
