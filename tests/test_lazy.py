@@ -85,6 +85,21 @@ def test_a_jump_prefetches_nothing(stack):
     assert sorted(i for i, _ in calls) == [0, 8]
 
 
+def test_frames_taken_for_a_binned_level_do_not_turn_the_prefetch_around(stack):
+    """A binned level reads the full frame the viewer shows (take) after the viewer did: that is not a
+    step back, so nothing is prefetched behind, and the viewer's next step finds its frames ahead."""
+    data, lazy, calls = stack
+    cache = lazy.cache
+    lazy[4]
+    lazy[5]  # the viewer steps forward: 6 and 7 are prefetched
+    wait_for(cache, [6, 7])
+    np.testing.assert_array_equal(cache.take(4), data[4])
+    time.sleep(0.2)
+    assert sorted(i for i, _ in calls) == [4, 5, 6, 7], "taking frame 4 prefetched frames behind it"
+    lazy[6]  # the viewer's next step forward
+    wait_for(cache, [8])
+
+
 def test_the_cache_is_bounded(rng):
     data = make_stack(rng, "uint16", shape=(40, 4, 4))
     read, calls = counting(data)

@@ -241,9 +241,9 @@ def _frame_levels(source: ImageSource) -> list[Any] | None:
     if not factors:
         return None
     if source.cache is not None:  # decoded frames: binned from the viewer's if it has them
-        # A URL's full frames are kept (and prefetched) as they are binned: fetched once, whatever level.
+        # A URL's full frames are kept as they are binned: fetched once, whatever level.
         remote = source.remote is not None
-        frames = FrameLevels(source.cache.get if remote else source.cache.read_through, source.cache.n,
+        frames = FrameLevels(source.cache.take if remote else source.cache.read_through, source.cache.n,
                              frame_shape, keep=source.cache.get, factors=factors, wait_for_prefetch=remote)
     else:  # mapped frames: whole ones read from the file (the map's pages would stay resident), boxes mapped
         sections = source_sections(source)

@@ -135,7 +135,19 @@ class FrameCache:
         self.hits = self.misses = 0
 
     def get(self, i: int) -> np.ndarray:
-        """Frame ``i`` (read-only), from the cache or decoded now."""
+        """Frame ``i`` (read-only), from the cache or decoded now; prefetches ahead of it."""
+        frame = self.take(i)
+        self._schedule(i)
+        return frame
+
+    def take(self, i: int) -> np.ndarray:
+        """Frame ``i`` as :meth:`get` gives it, kept, but not a step of the viewer: nothing is prefetched.
+
+        For readers inside the viewer's own path (a binned level reading the
+        full frames it bins, from its prefetch thread): were they steps, their
+        frames would set the direction of travel, and the frame the viewer
+        asks for next would find nothing prefetched.
+        """
         with self._lock:
             frame = self._frames.get(i)
             if frame is not None:
@@ -157,7 +169,6 @@ class FrameCache:
                     pending.cancel()
                 frame = self._load(i)
                 self.misses += 1
-        self._schedule(i)
         return frame
 
     def cached(self, i: int) -> np.ndarray | None:
